@@ -1,0 +1,1 @@
+"""Model parts: norms, Canon, residual styles, mixers, blocks and the LM."""

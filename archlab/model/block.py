@@ -1,0 +1,41 @@
+"""Block = residual(Canon-A -> mixer) then residual(Canon-C -> MLP). Knows nothing of the mixer inside."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from archlab.model.canon import apply_canon, maybe_canon
+from archlab.model.mixers import build_mixer
+from archlab.model.mlp import MLP
+from archlab.model.residual import make_residual
+
+if TYPE_CHECKING:
+    from archlab.config import ModelConfig
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: "ModelConfig", layer_idx: int):
+        super().__init__()
+        self.mixer_residual = make_residual(cfg)
+        self.canon_a = maybe_canon("A", cfg.d_model, cfg)
+        self.mixer = build_mixer(cfg.mixer, cfg, layer_idx)
+        self.has_mlp = cfg.mlp != "none"
+        if self.has_mlp:
+            self.mlp_residual = make_residual(cfg)
+            self.canon_c = maybe_canon("C", cfg.d_model, cfg)
+            self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """x: [B, T, D]. ``cache`` (decoding only) holds this block's Canon and mixer states."""
+        x = self.mixer_residual(x, lambda h: self._mix(h, cache))
+        if self.has_mlp:
+            x = self.mlp_residual(x, lambda h: self.mlp(apply_canon(self.canon_c, h, cache, "canon_c"), cache))
+        return x
+
+    def _mix(self, h: torch.Tensor, cache: dict | None) -> torch.Tensor:
+        h = apply_canon(self.canon_a, h, cache, "canon_a")
+        y, _ = self.mixer(h, None if cache is None else cache.setdefault("mixer", {}))
+        return y

@@ -1,0 +1,157 @@
+"""Causal self-attention: MHA / GQA, RoPE / NoPE / partial RoPE, optional QK-norm, Canon-B, SDPA, KV cache.
+
+Layout follows transformers' Llama (so weights map 1:1): q, k, v projections (fused into one ``wqkv``
+matrix here), RoPE in the rotate-half convention on the first ``rope_dim`` dims of each head, softmax scale
+head_dim^-1/2, output projection ``wo``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from archlab.model.canon import apply_canon, maybe_canon
+from archlab.model.mixers import MIXERS, Mixer, MixerConfig
+from archlab.model.norms import RMSNorm
+
+if TYPE_CHECKING:
+    from archlab.config import ModelConfig
+
+
+class AttentionConfig(MixerConfig):
+    name: Literal["attention"] = "attention"
+    n_heads: int = Field(4, gt=0)
+    n_kv_heads: int | None = Field(None, gt=0, description="None: = n_heads (MHA); fewer = GQA")
+    head_dim: int | None = Field(None, gt=0, description="None: d_model // n_heads")
+    position: Literal["rope", "nope"] = "rope"
+    rope_dim: int | None = Field(None, gt=0, description="partial RoPE: rotate only the first rope_dim dims per head")
+    rope_theta: float = Field(10000.0, gt=0)
+    qk_norm: bool = False
+
+    @model_validator(mode="after")
+    def _kv(self) -> "AttentionConfig":
+        kv = self.n_kv_heads or self.n_heads
+        if self.n_heads % kv:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={kv}")
+        return self
+
+    def check(self, d_model: int) -> None:
+        if self.head_dim is None and d_model % self.n_heads:
+            raise ValueError(f"mixer.n_heads={self.n_heads} does not divide model.d_model={d_model}")
+        hd = self.resolved_head_dim(d_model)
+        if self.rope_dim is not None:
+            if self.rope_dim % 2 or self.rope_dim > hd:
+                raise ValueError(f"mixer.rope_dim={self.rope_dim} must be even and <= head_dim={hd}")
+            if self.position == "nope":
+                raise ValueError("mixer.rope_dim is set but mixer.position='nope'")
+        elif hd % 2 and self.position == "rope":
+            raise ValueError(f"RoPE needs an even head_dim, got {hd}")
+
+    def resolved_head_dim(self, d_model: int) -> int:
+        return self.head_dim or d_model // self.n_heads
+
+    def flops_per_token(self, d_model: int, seq_len: int) -> float:
+        # QK^T and AV, causal average context seq_len/2, 2 FLOPs per MAC.
+        return 2 * 2 * self.n_heads * self.resolved_head_dim(d_model) * seq_len / 2
+
+
+class RotaryTable(nn.Module):
+    """cos/sin tables for positions 0..n-1, grown on demand (non-persistent buffers)."""
+
+    def __init__(self, rope_dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, rope_dim, 2, dtype=torch.int64).float() / rope_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("cos", torch.empty(0, rope_dim), persistent=False)
+        self.register_buffer("sin", torch.empty(0, rope_dim), persistent=False)
+
+    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin: [length, rope_dim] (fp32) for positions start..start+length-1."""
+        end = start + length
+        if self.cos.shape[0] < end or self.cos.device != self.inv_freq.device:
+            n = max(end, 2 * self.cos.shape[0], 256)
+            pos = torch.arange(n, device=self.inv_freq.device, dtype=torch.float32)
+            freqs = torch.outer(pos, self.inv_freq)
+            emb = torch.cat([freqs, freqs], dim=-1)
+            self.cos, self.sin = emb.cos(), emb.sin()
+        return self.cos[start:end], self.sin[start:end]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, H, T, hd]; rotate the first cos.shape[-1] dims of each head, leave the rest."""
+    r = cos.shape[-1]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    if r == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    xr, xp = x[..., :r], x[..., r:]
+    return torch.cat([xr * cos + rotate_half(xr) * sin, xp], dim=-1)
+
+
+@MIXERS.register("attention", AttentionConfig)
+class Attention(Mixer):
+    def __init__(self, cfg: AttentionConfig, model_cfg: "ModelConfig", layer_idx: int):
+        super().__init__(cfg, model_cfg, layer_idx)
+        d = model_cfg.d_model
+        self.n_heads = cfg.n_heads
+        self.n_kv = cfg.n_kv_heads or cfg.n_heads
+        self.head_dim = cfg.resolved_head_dim(d)
+        self.q_dim, self.kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        self.init_std, self.out_std = model_cfg.init_std, model_cfg.init_std / math.sqrt(2 * model_cfg.n_layers)
+        self.wqkv = nn.Linear(d, self.q_dim + 2 * self.kv_dim, bias=False)
+        self.wo = nn.Linear(self.q_dim, d, bias=False)
+        self.q_norm = RMSNorm(self.q_dim, model_cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.kv_dim, model_cfg.norm_eps) if cfg.qk_norm else None
+        self.canon_b = maybe_canon("B", self.q_dim + 2 * self.kv_dim, model_cfg)
+        self.rotary = (
+            RotaryTable(cfg.rope_dim or self.head_dim, cfg.rope_theta) if cfg.position == "rope" else None
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.wqkv.weight, std=self.init_std)
+        nn.init.normal_(self.wo.weight, std=self.out_std)
+
+    def forward(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict | None]:
+        B, T, _ = x.shape
+        qkv = self.wqkv(x)  # [B, T, q_dim + 2 kv_dim]
+        if self.q_norm is not None:
+            q, k, v = qkv.split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
+            qkv = torch.cat([self.q_norm(q), self.k_norm(k), v], dim=-1)
+        qkv = apply_canon(self.canon_b, qkv, state, "canon_b")
+        q, k, v = qkv.split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
+        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        start = 0 if state is None or "k" not in state else state["k"].shape[2]
+        if self.rotary is not None:
+            cos, sin = self.rotary(start, T)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if state is not None:
+            if start:
+                k = torch.cat([state["k"], k], dim=2)
+                v = torch.cat([state["v"], v], dim=2)
+            state["k"], state["v"] = k.detach(), v.detach()
+        y = self._attend(q, k, v, start)  # [B, H, T, hd]
+        y = y.transpose(1, 2).reshape(B, T, self.q_dim)
+        return self.wo(y), state
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
+        gqa = self.n_kv != self.n_heads
+        if start == 0:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        T, S = q.shape[2], k.shape[2]
+        if T == 1:  # one new token sees the whole cache
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        # chunked prefill: query i sits at position start + i and sees keys 0..start+i
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=start)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)

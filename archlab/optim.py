@@ -1,0 +1,126 @@
+"""Optimisers by parameter rule, LR schedules, and global grad-norm clipping.
+
+Rules (applied per parameter, in order):
+  * ``p._optim_group = "multiplier"`` (learnable multipliers): AdamW, own LR multiplier ``p._lr_mult`` and
+    weight decay ``p._weight_decay`` (default 0), never clipped.
+  * Muon (``optim.name=muon``): every 2-D parameter not flagged ``p._no_muon`` (embeddings, head and conv
+    kernels are flagged by the modules that own them). ``torch.optim.Muon`` requires 2-D parameters.
+  * AdamW: everything else.
+  * Weight decay: only parameters with ndim >= 2 not flagged ``p._no_weight_decay``.
+  * Clipping: every parameter not flagged ``p._no_clip``.
+The schedule is a pure function of the step, so resuming needs no scheduler state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from archlab.config import OptimConfig
+
+
+def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
+    """Multiplier on the peak LR at 0-based ``step`` of ``total``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    lo = cfg.min_lr_ratio
+    if cfg.schedule == "wsd":
+        decay_steps = max(1, round(cfg.decay_fraction * total))
+        start = total - decay_steps
+        return 1.0 if step < start else 1.0 - (1.0 - lo) * (step - start + 1) / decay_steps
+    span = max(1, total - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps + 1) / span)
+    if cfg.schedule == "linear":
+        return 1.0 - (1.0 - lo) * progress
+    return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
+
+
+@dataclass
+class Optimizers:
+    """One or two torch optimisers stepped together, plus the parameters that the clip sees."""
+
+    optimizers: list[torch.optim.Optimizer]
+    clip_params: list[nn.Parameter]
+    grad_clip: float
+    summary: dict[str, int] = field(default_factory=dict)
+
+    def set_lr(self, factor: float) -> None:
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * factor
+
+    def clip(self) -> float:
+        """Global grad norm over the clipped parameters (clipped in place if grad_clip > 0)."""
+        params = [p for p in self.clip_params if p.grad is not None]
+        if self.grad_clip > 0:
+            return float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip, foreach=True))
+        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        return [opt.state_dict() for opt in self.optimizers]
+
+    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
+        if len(states) != len(self.optimizers):
+            raise ValueError(f"optimiser state has {len(states)} optimisers, this run builds {len(self.optimizers)}")
+        for opt, st in zip(self.optimizers, states):
+            opt.load_state_dict(st)
+
+
+def _wants_decay(p: nn.Parameter) -> bool:
+    return p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)
+
+
+def build_optimizers(model: nn.Module, cfg: OptimConfig) -> Optimizers:
+    """Split parameters by the rules above into AdamW (+ Muon) parameter groups."""
+    groups: dict[str, dict[str, Any]] = {}
+
+    def add(key: str, p: nn.Parameter, **opts: Any) -> None:
+        groups.setdefault(key, {"params": [], **opts})["params"].append(p)
+
+    clip_params: list[nn.Parameter] = []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if getattr(p, "_optim_group", None) == "multiplier":
+            lr_mult, wd = getattr(p, "_lr_mult", 1.0), getattr(p, "_weight_decay", 0.0)
+            add(f"multiplier/{lr_mult}/{wd}", p, kind="adamw", base_lr=cfg.lr * lr_mult, weight_decay=wd)
+            continue
+        if not getattr(p, "_no_clip", False):
+            clip_params.append(p)
+        if cfg.name == "muon" and p.ndim == 2 and not getattr(p, "_no_muon", False):
+            add("muon", p, kind="muon", base_lr=cfg.muon_lr or cfg.lr, weight_decay=cfg.weight_decay)
+        elif _wants_decay(p):
+            add("adamw_decay", p, kind="adamw", base_lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            add("adamw_no_decay", p, kind="adamw", base_lr=cfg.lr, weight_decay=0.0)
+
+    adam_groups = [dict(g, lr=g["base_lr"]) for g in groups.values() if g["kind"] == "adamw"]
+    muon_groups = [dict(g, lr=g["base_lr"]) for g in groups.values() if g["kind"] == "muon"]
+    opts: list[torch.optim.Optimizer] = []
+    if adam_groups:
+        opts.append(torch.optim.AdamW(adam_groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, foreach=True))
+    if muon_groups:
+        opts.append(
+            torch.optim.Muon(
+                muon_groups,
+                lr=cfg.muon_lr or cfg.lr,
+                momentum=cfg.muon_momentum,
+                adjust_lr_fn=cfg.muon_adjust_lr,
+            )
+        )
+    summary = {k: sum(p.numel() for p in g["params"]) for k, g in groups.items()}
+    return Optimizers(opts, clip_params, cfg.grad_clip, summary)

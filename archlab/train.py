@@ -1,0 +1,222 @@
+"""The training loop, top to bottom: config -> run dir -> data -> model -> optimiser -> resume -> loop.
+
+Data batches are a pure function of (seed, rank, step) and the LR schedule a pure function of step, so a
+checkpoint (weights, optimiser, RNG, step) is all that exact resume needs: N steps straight equal
+k steps + kill + resume + N-k steps, bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import yaml
+
+from archlab.checkpoint import (
+    CheckpointError,
+    latest_intact,
+    list_checkpoints,
+    load_model_weights,
+    load_optim_state,
+    read_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    write_json_atomic,
+)
+from archlab.config import RunConfig
+from archlab.evaluate import autocast_context, masked_loss_eval
+from archlab.model.lm import LM
+from archlab.optim import build_optimizers, lr_factor
+from archlab.runinfo import run_info
+from archlab.tasks import build_task
+from archlab.tasks.base import Task
+
+log = logging.getLogger("archlab.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or gradient norm became NaN/Inf; the message names the step."""
+
+
+class Progress(Protocol):
+    def start(self, total: int, done: int) -> None: ...
+    def update(self, step: int, metrics: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_loss: float
+    eval: dict[str, Any] = field(default_factory=dict)
+    wall_time: float = 0.0
+    tokens: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    name = cfg.name or time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.data.name}-s{cfg.seed}"
+    return Path(cfg.out_dir) / name
+
+
+def build_model(cfg: RunConfig, task: Task) -> tuple[LM, RunConfig]:
+    """Fill model.vocab_size from the task if unset, check it, and build the model under the run's seed."""
+    if cfg.model.vocab_size is None:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": task.vocab_size})})
+    elif cfg.model.vocab_size < task.vocab_size:
+        raise ValueError(f"model.vocab_size={cfg.model.vocab_size} is smaller than task {cfg.data.name!r}'s vocabulary ({task.vocab_size})")
+    torch.manual_seed(cfg.seed)
+    return LM(cfg.model), cfg
+
+
+def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse to resume a run directory whose saved config differs from this one in anything but 'train.steps'."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text())
+    now = cfg.to_dict()
+    for tree in (saved, now):
+        tree.get("train", {}).pop("steps", None)
+    if saved != now:
+        diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+        raise CheckpointError(f"{saved_path}: run directory holds a different config (sections {diffs}); use a new run name")
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: str | Path | None = None,
+    resume: str = "auto",
+    progress: Progress | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train per ``cfg``. resume: 'auto' (newest intact checkpoint, if any), 'never', or a checkpoint path.
+
+    ``stop_after`` ends the process's work after that many total steps (checkpointing there), as if killed.
+    """
+    t_start = time.time()
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    if tc.deterministic:
+        torch.use_deterministic_algorithms(True)
+
+    # ---- data and model
+    task = build_task(cfg.data, tc.seq_len)
+    model, cfg = build_model(cfg, task)
+    model.to(device)
+    opt = build_optimizers(model, cfg.optim)
+
+    # ---- run directory and resume
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    start_step = 0
+    if resume == "never" and list_checkpoints(run_dir):
+        raise CheckpointError(f"{run_dir}: already holds checkpoints; resume it or choose a new run name")
+    if resume != "never":
+        if resume == "auto":
+            if run_dir.exists():
+                check_resumable(run_dir, cfg)
+            ckpt, skipped = latest_intact(run_dir)
+            for msg in skipped:
+                log.warning("skipping damaged checkpoint: %s", msg)
+        else:
+            ckpt = read_checkpoint(Path(resume))
+        if ckpt is not None:
+            load_model_weights(model, ckpt.path)
+            opt.load_state_dict(load_optim_state(ckpt.path))
+            set_rng_state(ckpt.state["rng"])
+            start_step = ckpt.step
+            log.info("resumed from %s (step %d)", ckpt.path, start_step)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_json_atomic(run_dir / "run.json", run_info(device, {"n_params": model.num_params(), "resumed_from_step": start_step, "optimizer_groups": opt.summary}))
+    metrics_path = run_dir / "metrics.jsonl"
+    truncate_metrics(metrics_path, start_step)
+
+    # ---- loop
+    micro = tc.batch_size // tc.grad_accum
+    tokens_per_step = tc.batch_size * tc.seq_len
+    end_step = tc.steps if stop_after is None else min(tc.steps, stop_after)
+    if progress:
+        progress.start(tc.steps, start_step)
+    model.train()
+    loss_value, record = float("nan"), {}
+    with open(metrics_path, "a") as metrics_file:
+        for step in range(start_step, end_step):
+            t0 = time.perf_counter()
+            lr_mult = lr_factor(step, tc.steps, cfg.optim)
+            opt.set_lr(lr_mult)
+            tokens, mask = task.batch("train", cfg.seed, 0, step, tc.batch_size)
+            tokens, mask = tokens.to(device), mask.to(device)
+            normaliser = mask[:, 1:].sum().clamp_min(1)
+            loss_sum = torch.zeros((), device=device)
+            for i in range(tc.grad_accum):
+                tk, mk = tokens[i * micro : (i + 1) * micro], mask[i * micro : (i + 1) * micro]
+                with autocast_context(device, tc.precision):
+                    loss = model.loss(tk[:, :-1], tk[:, 1:], mk[:, 1:], normaliser=normaliser)
+                loss.backward()
+                loss_sum += loss.detach()
+            loss_value = float(loss_sum)
+            grad_norm = opt.clip()
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                raise TrainingDiverged(
+                    f"step {step}: loss={loss_value} grad_norm={grad_norm} is not finite; "
+                    f"training stopped, the last good checkpoint in {run_dir} is kept"
+                )
+            opt.step()
+            opt.zero_grad()
+            dt = time.perf_counter() - t0
+            done = step + 1
+            record = {"step": done, "loss": loss_value, "lr": cfg.optim.lr * lr_mult, "grad_norm": grad_norm,
+                      "tok_per_s": tokens_per_step / dt, "step_time": dt, "tokens": done * tokens_per_step}
+            if tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:
+                record["val_loss"] = masked_loss_eval(model, task, "val", cfg.seed, tc.eval_batches, micro, tc.precision)["loss"]
+            if done % tc.log_every == 0 or done == end_step or "val_loss" in record:
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+            if progress:
+                progress.update(done, record)
+            if (tc.ckpt_every and done % tc.ckpt_every == 0) or done == end_step:
+                save_checkpoint(run_dir, done, model, opt.state_dict(), {"config": cfg.to_dict(), "metrics": record}, tc.keep_last)
+    if progress:
+        progress.close()
+
+    # ---- final evaluation
+    eval_metrics: dict[str, Any] = {}
+    if end_step == tc.steps:
+        eval_metrics = masked_loss_eval(model, task, "val", cfg.seed, tc.eval_batches, micro, tc.precision)
+        eval_metrics.update(task.evaluate(model, cfg.seed, tc.eval_batches, micro) if type(task).evaluate is not Task.evaluate else {})
+        write_json_atomic(run_dir / "eval.json", eval_metrics)
+    return TrainResult(run_dir, end_step, loss_value, eval_metrics, time.time() - t_start, end_step * tokens_per_step)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past ``step`` (left by a run killed after its last checkpoint)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
