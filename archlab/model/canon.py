@@ -5,7 +5,7 @@ PyTorch's default Conv1d init (kaiming-uniform, fan_in = K -> U(-1/2, 1/2) for K
 code warns that a 0.02 init is "not wise". Kernel orientation follows torch/causal_conv1d: tap K-1 multiplies
 the current token, tap 0 the token K-1 steps back.
 
-Decoding: the state is the last K inputs ``[B, C, K]`` (zero-padded at the start). Unlike the reference HF
+Decoding: the state is the last K inputs ``[B, K, C]`` (zero-padded at the start). Unlike the reference HF
 code, a multi-token forward with an existing state uses that history, so chunked prefill equals the full
 forward.
 """
@@ -26,7 +26,8 @@ class Canon(nn.Module):
         super().__init__()
         self.dim, self.kernel, self.residual, self.activation = dim, kernel, residual, activation
         self.weight = nn.Parameter(torch.empty(dim, 1, kernel))  # [C, 1, K] as nn.Conv1d(groups=C)
-        self.weight._no_muon = True  # conv kernels go to AdamW
+        self.weight._no_muon = True  # conv kernels go to AdamW ...
+        self.weight._no_weight_decay = True  # ... without decay: 4 taps per channel act like gains, not a matrix
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -34,19 +35,21 @@ class Canon(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None, key: str = "canon") -> torch.Tensor:
-        """x: [B, T, C] -> [B, T, C]. With a cache, reads and updates ``cache[key]`` ([B, C, K])."""
-        xt = x.transpose(1, 2)  # [B, C, T]
-        k = self.kernel
+        """x: [B, T, C] -> [B, T, C]. With a cache, reads and updates ``cache[key]`` ([B, K, C], last K inputs)."""
+        k, T = self.kernel, x.shape[1]
         if cache is None:
-            padded = F.pad(xt, (k - 1, 0))
+            padded = F.pad(x, (0, 0, k - 1, 0))  # [B, K-1+T, C], zeros before the start
         else:
             history = cache.get(key)
             if history is None:
-                history = xt.new_zeros(xt.shape[0], self.dim, k)
-            full = torch.cat([history.to(xt.dtype), xt], dim=2)  # [B, C, K+T]
-            cache[key] = full[:, :, -k:].detach()
-            padded = full[:, :, 1:]  # drop the oldest: K-1 history columns + T new
-        y = F.conv1d(padded, self.weight.to(xt.dtype), groups=self.dim).transpose(1, 2)  # [B, T, C]
+                history = x.new_zeros(x.shape[0], k, self.dim)
+            full = torch.cat([history.to(x.dtype), x], dim=1)  # [B, K+T, C]
+            cache[key] = full[:, -k:].detach()
+            padded = full[:, 1:]  # K-1 history rows + T new
+        # fp32 depthwise conv with autocast off: bf16 conv1d is both slow on CPU and less accurate.
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.conv1d(padded.float().transpose(1, 2), self.weight.float(), groups=self.dim)  # [B, C, T]
+        y = y.transpose(1, 2).to(x.dtype)
         if self.activation:
             y = F.silu(y)
         return x + y if self.residual else y

@@ -1,0 +1,228 @@
+"""The ``archlab`` command: train, eval, generate, info, demo.
+
+Bad input (config keys, checkpoints) ends with one red line naming the problem and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from archlab.checkpoint import CheckpointError
+from archlab.config import ConfigError, RunConfig, load_config
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="archlab: language-model architecture research.\n\n"
+    "Examples:\n\n"
+    "  archlab train configs/text_tiny.yaml optim.lr=3e-3 model.canon=ABCD\n\n"
+    "  archlab info configs/text_tiny.yaml model.n_layers=8\n\n"
+    "  archlab eval runs/my-run\n\n"
+    "  archlab generate runs/my-run --prompt 'def main(' --max-new-tokens 80",
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def fail(msg: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+class RichProgress:
+    """Progress bar with ETA, loss and throughput; implements archlab.train.Progress."""
+
+    def __init__(self, label: str = "train"):
+        self.label = label
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        )
+
+    def start(self, total: int, done: int) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task(self.label, total=total, completed=done, loss="-", tps="-")
+
+    def update(self, step: int, metrics: dict[str, Any]) -> None:
+        self.bar.update(self.task, completed=step, loss=f"{metrics['loss']:.4f}", tps=f"{metrics['tok_per_s']:,.0f}")
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)])
+
+
+def _load(config: Optional[Path], overrides: Optional[list[str]]) -> RunConfig:
+    """Recipe + overrides; a first argument of the form key=value is an override, not a recipe."""
+    overrides = list(overrides or [])
+    if config is not None and "=" in str(config) and not config.exists():
+        config, overrides = None, [str(config), *overrides]
+    try:
+        return load_config(config, overrides)
+    except ConfigError as err:
+        fail(str(err))
+        raise  # unreachable; keeps type checkers happy
+
+
+def _run_config(run: Path) -> RunConfig:
+    path = run / "config.yaml"
+    if not path.is_file():
+        fail(f"{path}: not found; is {str(run)!r} a run directory?")
+    return _load(path, [])
+
+
+def _load_run_model(run: Path):
+    """(cfg, model, task) from a run directory's newest intact checkpoint."""
+    from archlab.checkpoint import latest_intact, load_model_weights
+    from archlab.model.lm import LM
+    from archlab.tasks import build_task
+
+    cfg = _run_config(run)
+    ckpt, skipped = latest_intact(run)
+    for msg in skipped:
+        console.print(f"[yellow]skipping damaged checkpoint:[/] {msg}")
+    if ckpt is None:
+        fail(f"{run}: no intact checkpoint")
+    model = LM(cfg.model)
+    try:
+        load_model_weights(model, ckpt.path)
+    except CheckpointError as err:
+        fail(str(err))
+    return cfg, model.eval(), build_task(cfg.data, cfg.train.seq_len)
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="YAML recipe (optional)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides, e.g. optim.lr=3e-3"),
+    run_dir: Optional[Path] = typer.Option(None, help="run directory (default: out_dir/name)"),
+    resume: str = typer.Option("auto", help="auto | never | path to a step_N checkpoint"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Train a model. Resumes automatically from the newest intact checkpoint of the run directory."""
+    from archlab.train import TrainingDiverged, train as run_train
+
+    _setup_logging(verbose)
+    cfg = _load(config, overrides)
+    try:
+        result = run_train(cfg, run_dir, resume=resume, progress=RichProgress())
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    except TrainingDiverged as err:
+        fail(str(err), code=1)
+    out.print(f"run dir: {result.run_dir}")
+    out.print(f"final train loss {result.final_loss:.4f}; eval {json.dumps(_round(result.eval))}")
+
+
+@app.command("eval")
+def evaluate(
+    run: Path = typer.Argument(..., help="run directory"),
+    batches: int = typer.Option(8, help="evaluation batches"),
+) -> None:
+    """Evaluate a run's newest checkpoint: held-out loss and the task's own metrics."""
+    from archlab.evaluate import masked_loss_eval
+    from archlab.tasks.base import Task
+
+    cfg, model, task = _load_run_model(run)
+    bs = cfg.train.batch_size // cfg.train.grad_accum
+    metrics = masked_loss_eval(model, task, "val", cfg.seed, batches, bs)
+    if type(task).evaluate is not Task.evaluate:
+        metrics.update(task.evaluate(model, cfg.seed, batches, bs))
+    table = Table("metric", "value", title=f"{run} ({cfg.data.name})")
+    for k, v in _round(metrics).items():
+        table.add_row(k, str(v))
+    out.print(table)
+
+
+@app.command()
+def generate(
+    run: Path = typer.Argument(..., help="run directory"),
+    prompt: str = typer.Option("", help="text prompt (text tasks) or space-separated token ids"),
+    max_new_tokens: int = typer.Option(128, min=1),
+    temperature: float = typer.Option(0.8, min=0.0),
+    top_k: Optional[int] = typer.Option(None, min=1),
+    seed: int = typer.Option(0),
+) -> None:
+    """Sample a continuation from a run's newest checkpoint."""
+    import torch
+
+    cfg, model, task = _load_run_model(run)
+    encode = getattr(task, "encode", None)
+    if encode is not None:
+        ids = encode(prompt or "\n")
+    else:
+        try:
+            ids = [int(t) for t in prompt.split()] or [0]
+        except ValueError:
+            fail(f"task {cfg.data.name!r} takes token ids as the prompt, got {prompt!r}")
+    g = torch.Generator().manual_seed(seed)
+    outp = model.generate(torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k, generator=g)
+    out.print(task.decode(outp[0].tolist()), highlight=False, markup=False)
+
+
+@app.command()
+def info(
+    config: Optional[Path] = typer.Argument(None, help="YAML recipe (optional)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides"),
+    dump: bool = typer.Option(False, help="print the resolved config as YAML"),
+) -> None:
+    """Parameter count, FLOPs per token and (optionally) the resolved config."""
+    import yaml
+
+    from archlab.tasks import build_task
+    from archlab.train import build_model
+
+    cfg = _load(config, overrides)
+    try:
+        model, cfg = build_model(cfg, build_task(cfg.data, cfg.train.seq_len))
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    table = Table("quantity", "value")
+    table.add_row("parameters", f"{model.num_params():,}")
+    table.add_row("non-embedding parameters", f"{model.num_params(include_embedding=False):,}")
+    canon = sum(p.numel() for n, p in model.named_parameters() if "canon" in n)
+    table.add_row("Canon parameters", f"{canon:,} ({100 * canon / model.num_params():.3f}%)")
+    flops = model.flops_per_token(cfg.train.seq_len)
+    table.add_row(f"training FLOPs / token (T={cfg.train.seq_len})", f"{flops:.3e}")
+    table.add_row("training FLOPs / step", f"{flops * cfg.train.batch_size * cfg.train.seq_len:.3e}")
+    out.print(table)
+    if dump:
+        out.print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), highlight=False, markup=False)
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("runs/demo"), help="where the runs and the plot go"),
+    steps: int = typer.Option(300, min=10, help="training steps per arm"),
+) -> None:
+    """The main job: compare two small models on real text (Python stdlib sources) and plot the losses."""
+    from archlab.demo import run_demo
+
+    _setup_logging(False)
+    run_demo(out_dir, steps, RichProgress, out)
+
+
+def _round(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
