@@ -66,11 +66,17 @@ def _setup_logging(verbose: bool) -> None:
                         handlers=[RichHandler(console=console, show_path=False)])
 
 
-def _load(config: Optional[Path], overrides: Optional[list[str]]) -> RunConfig:
-    """Recipe + overrides; a first argument of the form key=value is an override, not a recipe."""
+def _load_pair(config: Optional[Path], overrides: Optional[list[str]]) -> tuple[Optional[Path], list[str]]:
+    """A first argument of the form key=value is an override, not a recipe."""
     overrides = list(overrides or [])
     if config is not None and "=" in str(config) and not config.exists():
         config, overrides = None, [str(config), *overrides]
+    return config, overrides
+
+
+def _load(config: Optional[Path], overrides: Optional[list[str]]) -> RunConfig:
+    """Validated config from recipe + overrides, or exit 2 with the message."""
+    config, overrides = _load_pair(config, overrides)
     try:
         return load_config(config, overrides)
     except ConfigError as err:
@@ -202,6 +208,58 @@ def info(
     out.print(table)
     if dump:
         out.print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), highlight=False, markup=False)
+
+
+@app.command()
+def sweep(
+    config: Optional[Path] = typer.Argument(None, help="YAML recipe (optional)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="fixed dotted overrides for every run"),
+    grid: list[str] = typer.Option([], "--grid", "-g", help="key=v1,v2,... (repeatable; '' is a value: model.canon=,ABCD)"),
+    seeds: int = typer.Option(1, min=1, help="seeds 0..N-1 per grid point"),
+    jobs: int = typer.Option(1, min=1, help="parallel local processes (CPU threads are shared fairly)"),
+    sweep_out: Optional[Path] = typer.Option(None, "--out", help="sweep directory (default runs/sweep-<recipe>)"),
+) -> None:
+    """Run grid x seeds, resumably, into a results table (results.sqlite). Then: archlab report DIR."""
+    from archlab.sweep import expand, parse_grid, run_sweep
+
+    recipe, fixed = _load_pair(config, overrides)
+    try:
+        g = parse_grid(grid)
+        sweep_dir = sweep_out or Path("runs") / f"sweep-{recipe.stem if recipe else 'default'}"
+        total = len(expand(g, seeds))
+        bar = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+        with bar:
+            task = bar.add_task("sweep", total=total)
+
+            def done(spec, row, i, n):
+                bar.update(task, completed=total - n + i)
+                status = "[green]done[/]" if row["status"] == "done" else f"[red]failed[/]: {row['error'][-200:]}"
+                bar.console.print(f"{spec.name}: {status}" + (f" val_loss={row['val_loss']:.4f}" if row.get("val_loss") is not None else ""))
+
+            rows = run_sweep(sweep_dir, recipe, fixed, g, seeds, jobs, on_done=done)
+    except ConfigError as err:
+        fail(str(err))
+    n_failed = sum(r["status"] != "done" for r in rows)
+    out.print(f"sweep dir: {sweep_dir}  ({len(rows)} runs this time, {n_failed} failed; earlier finished runs skipped)")
+    out.print(f"next: archlab report {sweep_dir}")
+
+
+@app.command()
+def report(
+    sweep_dir: Path = typer.Argument(..., help="sweep directory"),
+    metric: str = typer.Option("val_loss", help="column or eval.json key"),
+    lr_key: Optional[str] = typer.Option(None, help="swept key treated as the LR grid (default: the first *.lr key)"),
+    higher_is_better: bool = typer.Option(False, help="e.g. for accuracies"),
+) -> None:
+    """Markdown report with tables and plots from a sweep's results table."""
+    from archlab.report import build_report
+
+    try:
+        path = build_report(sweep_dir, metric, lr_key, higher_is_better)
+    except FileNotFoundError as err:
+        fail(str(err))
+    out.print(path.read_text(), markup=False, highlight=False)
+    out.print(f"report: {path}")
 
 
 @app.command()

@@ -6,6 +6,7 @@ impossible combinations raise :class:`ConfigError` naming the key, before any wo
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from archlab.model.mixers import MIXERS, MixerConfig
-from archlab.model.residual import RESIDUALS
+from archlab.model.residual import ALPHA_STYLES, RESIDUALS
 from archlab.tasks import TASKS, TaskConfig
 
 
@@ -41,6 +42,10 @@ class ModelConfig(Section):
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     norm_eps: float = Field(1e-5, gt=0)
     residual: str = Field("pre", description="residual style: " + " | ".join(RESIDUALS))
+    residual_alpha: float | None = Field(
+        None, gt=0, description="skip-path scale of keel / deepnorm; None: keel L (sub-layers), deepnorm (2*n_layers)^(1/4)"
+    )
+    embed_norm: bool = Field(False, description="normalise the embedding output before the first block (Peri-LN)")
     canon: str = Field("", description="Canon placements: any subset of A, B, C, D ('' = off)")
     canon_kernel: int = Field(4, ge=2)
     canon_residual: bool = True
@@ -48,6 +53,17 @@ class ModelConfig(Section):
     tie_embeddings: bool = False
     init_std: float = Field(0.02, gt=0)
     max_seq_len: int = Field(4096, gt=0)
+    multipliers: Literal["none", "scalar", "vector", "both"] = Field(
+        "none",
+        description="learnable multipliers on matrix layers (archlab/model/multipliers.py): scalar s*W, "
+        "vector diag(r) W diag(c) (rows everywhere, columns only where not redundant), both s*diag(r) W diag(c)",
+    )
+    multiplier_targets: list[Literal["mixer", "mlp", "head", "embedding"]] = Field(
+        default_factory=lambda: ["mixer", "mlp"],
+        description="layers that get multipliers: every nn.Linear in a mixer / MLP, the untied head, the embedding",
+    )
+    multiplier_lr_mult: float = Field(1.0, gt=0, description="multiplier LR = optim.lr * this (AdamW, also under Muon)")
+    multiplier_weight_decay: float = Field(2e-3, ge=0, description="the multipliers' own small decoupled weight decay")
 
     @field_validator("mixer", mode="before")
     @classmethod
@@ -74,6 +90,8 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
         self.mixer.check(self.d_model)
+        if self.residual_alpha is not None and self.residual not in ALPHA_STYLES:
+            raise ValueError(f"residual_alpha is set but residual={self.residual!r} has no alpha (only {', '.join(ALPHA_STYLES)})")
         return self
 
     @property
@@ -123,6 +141,7 @@ class TrainConfig(Section):
     keep_last: int = Field(2, gt=0)
     threads: int | None = Field(None, gt=0, description="torch CPU threads; None = torch default")
     deterministic: bool = False
+    log_norms: bool = Field(False, description="add per-block activation RMS and grad norms to the metrics on log steps")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -157,10 +176,15 @@ class RunConfig(Section):
         return self.model_dump(mode="json", serialize_as_any=True)
 
 
+NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
 def parse_value(text: str) -> Any:
     """'3e-3' -> 3e-3, 'true' -> True, '[1,2]' -> [1, 2], 'ABCD' -> 'ABCD', '' -> ''."""
     if text == "":
         return ""
+    if NUMBER.match(text):  # YAML 1.1 would read '1e-3' as a string
+        return int(text) if text.lstrip("+-").isdigit() else float(text)
     return yaml.safe_load(text)
 
 

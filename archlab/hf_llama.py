@@ -68,6 +68,8 @@ def llama_config_from(cfg: ModelConfig) -> "LlamaConfig":
             (cfg.residual != "pre", f"residual={cfg.residual!r}"),
             (cfg.mlp != "swiglu", f"mlp={cfg.mlp!r}"),
             (cfg.norm != "rmsnorm", f"norm={cfg.norm!r}"),
+            (cfg.embed_norm, "embed_norm=True"),
+            (cfg.multipliers != "none", f"multipliers={cfg.multipliers!r} (merge them first)"),
             (m.name == "attention" and (m.position != "rope" or m.rope_dim is not None or m.qk_norm), "non-default attention (NoPE, partial RoPE or QK-norm)"),
         ]
         if bad

@@ -32,6 +32,7 @@ from archlab.checkpoint import (
 from archlab.config import RunConfig
 from archlab.evaluate import autocast_context, masked_loss_eval
 from archlab.model.lm import LM
+from archlab.norm_stats import NormStats
 from archlab.optim import build_optimizers, lr_factor
 from archlab.runinfo import run_info
 from archlab.tasks import build_task
@@ -81,15 +82,27 @@ def build_model(cfg: RunConfig, task: Task) -> tuple[LM, RunConfig]:
     return LM(cfg.model), cfg
 
 
+# Settings that may change between a run and its resumption without changing what is computed.
+RESUME_FREE_KEYS = {"out_dir": None, "name": None, "train": ("steps", "threads", "log_every", "ckpt_every", "keep_last")}
+
+
+def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
+    tree = json.loads(json.dumps(tree))
+    for key, sub in RESUME_FREE_KEYS.items():
+        if sub is None:
+            tree.pop(key, None)
+        else:
+            for k in sub:
+                tree.get(key, {}).pop(k, None)
+    return tree
+
+
 def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
-    """Refuse to resume a run directory whose saved config differs from this one in anything but 'train.steps'."""
+    """Refuse to resume a run directory whose saved config differs in anything that changes the computation."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = yaml.safe_load(saved_path.read_text())
-    now = cfg.to_dict()
-    for tree in (saved, now):
-        tree.get("train", {}).pop("steps", None)
+    saved, now = _comparable(yaml.safe_load(saved_path.read_text())), _comparable(cfg.to_dict())
     if saved != now:
         diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
         raise CheckpointError(f"{saved_path}: run directory holds a different config (sections {diffs}); use a new run name")
@@ -153,6 +166,7 @@ def train(
     if progress:
         progress.start(tc.steps, start_step)
     model.train()
+    norm_stats = NormStats(model) if tc.log_norms else None
     loss_value, record = float("nan"), {}
     with open(metrics_path, "a") as metrics_file:
         for step in range(start_step, end_step):
@@ -182,6 +196,8 @@ def train(
             done = step + 1
             record = {"step": done, "loss": loss_value, "lr": cfg.optim.lr * lr_mult, "grad_norm": grad_norm,
                       "tok_per_s": tokens_per_step / dt, "step_time": dt, "tokens": done * tokens_per_step}
+            if norm_stats is not None and (done % tc.log_every == 0 or done == end_step):
+                record["norms"] = norm_stats.collect()
             if tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:
                 record["val_loss"] = masked_loss_eval(model, task, "val", cfg.seed, tc.eval_batches, micro, tc.precision)["loss"]
             if done % tc.log_every == 0 or done == end_step or "val_loss" in record:

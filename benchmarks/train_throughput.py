@@ -1,4 +1,5 @@
-"""Training throughput: archlab's Transformer vs transformers' LlamaForCausalLM, same shapes, same run.
+"""Training throughput: archlab's Transformer vs transformers' LlamaForCausalLM, same shapes, same run,
+and the step-time overhead of Canon-ABCD.
 
 For each size and precision: median tokens/s of full training steps (forward, backward, AdamW step) after
 warm-up, the ratio archlab / HF, achieved GFLOP/s (6·N·tokens + attention) and a measured bf16/fp32 GEMM
@@ -27,12 +28,13 @@ SIZES = {256: dict(d=256, layers=8, T=256, B=16), 512: dict(d=512, layers=8, T=5
 VOCAB = 256
 
 
-def make_models(d: int, layers: int) -> tuple[LM, torch.nn.Module]:
+def make_models(d: int, layers: int) -> tuple[LM, torch.nn.Module, LM]:
+    """archlab LM, the same weights as transformers' Llama, and archlab with Canon-ABCD."""
     cfg = ModelConfig(vocab_size=VOCAB, d_model=d, n_layers=layers, mixer={"name": "attention", "n_heads": d // 64})
     ours = LM(cfg)
     hf = hf_llama.to_llama(ours)
     hf.config._attn_implementation = "sdpa"
-    return ours, hf
+    return ours, hf, LM(cfg.model_copy(update={"canon": "ABCD"}))
 
 
 def step_fn(model: torch.nn.Module, is_hf: bool, opt: torch.optim.Optimizer, ids: torch.Tensor, precision: str):
@@ -86,24 +88,25 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print("| size | precision | archlab tok/s | HF Llama tok/s | ratio | archlab GFLOP/s | GEMM peak GFLOP/s | % of peak |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| size | precision | archlab tok/s | HF Llama tok/s | ratio | archlab GFLOP/s | GEMM peak GFLOP/s | % of peak | +Canon-ABCD tok/s | Canon overhead |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         s = SIZES[size]
         for precision in args.precisions:
             torch.manual_seed(0)
-            ours, hf = make_models(s["d"], s["layers"])
+            ours, hf, canon = make_models(s["d"], s["layers"])
             ids = torch.randint(0, VOCAB, (s["B"], s["T"] + 1))
             tokens = s["B"] * s["T"]
             res = {}
-            for name, model, is_hf in (("archlab", ours, False), ("hf", hf, True)):
+            for name, model, is_hf in (("archlab", ours, False), ("hf", hf, True), ("canon", canon, False)):
                 opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
                 res[name] = tokens / time_steps(step_fn(model, is_hf, opt, ids, precision), args.warmup, args.steps)
             gflops = ours.flops_per_token(s["T"]) * res["archlab"] / 1e9
             peak = matmul_peak(s["d"], tokens, precision)
             print(
                 f"| d={s['d']} L={s['layers']} T={s['T']} B={s['B']} | {precision} | {res['archlab']:,.0f} | {res['hf']:,.0f} | "
-                f"{res['archlab'] / res['hf']:.2f} | {gflops:.1f} | {peak:.1f} | {100 * gflops / peak:.0f}% |",
+                f"{res['archlab'] / res['hf']:.2f} | {gflops:.1f} | {peak:.1f} | {100 * gflops / peak:.0f}% | "
+                f"{res['canon']:,.0f} | {100 * (res['archlab'] / res['canon'] - 1):+.1f}% |",
                 flush=True,
             )
 

@@ -1,4 +1,7 @@
-"""Block = residual(Canon-A -> mixer) then residual(Canon-C -> MLP). Knows nothing of the mixer inside."""
+"""Block = residual(Canon-A -> mixer) then residual(Canon-C -> MLP). Knows nothing of the mixer inside.
+
+The residual style (model.residual) wraps each sub-layer; block 0 also owns the optional embedding norm.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from torch import nn
 from archlab.model.canon import apply_canon, maybe_canon
 from archlab.model.mixers import build_mixer
 from archlab.model.mlp import MLP
+from archlab.model.norms import make_norm
 from archlab.model.residual import make_residual
 
 if TYPE_CHECKING:
@@ -19,6 +23,7 @@ if TYPE_CHECKING:
 class Block(nn.Module):
     def __init__(self, cfg: "ModelConfig", layer_idx: int):
         super().__init__()
+        self.embed_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.embed_norm and layer_idx == 0 else None
         self.mixer_residual = make_residual(cfg)
         self.canon_a = maybe_canon("A", cfg.d_model, cfg)
         self.mixer = build_mixer(cfg.mixer, cfg, layer_idx)
@@ -27,9 +32,13 @@ class Block(nn.Module):
             self.mlp_residual = make_residual(cfg)
             self.canon_c = maybe_canon("C", cfg.d_model, cfg)
             self.mlp = MLP(cfg)
+            self.mlp_residual.scale_init(self.mlp)
+        self.mixer_residual.scale_init(self.mixer)  # init hook of the residual style (DeepNorm's beta)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         """x: [B, T, D]. ``cache`` (decoding only) holds this block's Canon and mixer states."""
+        if self.embed_norm is not None:  # block 0 only, with model.embed_norm
+            x = self.embed_norm(x)
         x = self.mixer_residual(x, lambda h: self._mix(h, cache))
         if self.has_mlp:
             x = self.mlp_residual(x, lambda h: self.mlp(apply_canon(self.canon_c, h, cache, "canon_c"), cache))

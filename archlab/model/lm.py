@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlab.model.block import Block
+from archlab.model.multipliers import attach_multipliers
 from archlab.model.norms import make_norm
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class LM(nn.Module):
         if self.head is not None:
             self.head.weight._no_muon = True
         self.reset_parameters()
+        attach_multipliers(self, cfg)  # learnable multipliers (model.multipliers); last, after all init
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.embed.weight, std=self.cfg.init_std)

@@ -23,5 +23,6 @@ def build_task(cfg: TaskConfig, seq_len: int) -> Task:
 
 # Importing the modules registers the tasks.
 from archlab.tasks import text  # noqa: E402,F401
+from archlab.tasks import brevo, capo, depo, lano, mano  # noqa: E402,F401
 
 __all__ = ["TASKS", "Task", "TaskConfig", "register_task", "build_task"]

@@ -51,6 +51,6 @@ def build_mixer(cfg: MixerConfig, model_cfg: "ModelConfig", layer_idx: int) -> M
     return cls(cfg, model_cfg, layer_idx)
 
 
-from archlab.model.mixers import attention  # noqa: E402,F401  (registers "attention")
+from archlab.model.mixers import attention, gdn, gla, mamba2  # noqa: E402,F401  (register the mixers)
 
 __all__ = ["MIXERS", "Mixer", "MixerConfig", "build_mixer"]

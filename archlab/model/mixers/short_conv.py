@@ -1,0 +1,162 @@
+"""Pieces shared by the linear mixers (GLA, Mamba2, Gated DeltaNet).
+
+* :class:`ShortConvs` — Canon-b: the architectures' own SiLU short convolutions (fla ``ShortConvolution``),
+  one :class:`~archlab.model.canon.Canon` (no residual, SiLU) per named input, decode states in the mixer's
+  state dict under ``conv_<name>``.
+* :func:`norm_gate` — the per-head output RMSNorm times the swish output gate (GLA, GDN).
+* :func:`init_dt_bias` — Mamba's Δ parametrisation: dt log-uniform in [dt_min, dt_max], stored as softplus⁻¹.
+* :func:`no_decay` — flag 1-D dynamics parameters (A_log, dt_bias, D) for AdamW without weight decay, no Muon.
+* :func:`fla_op` — lazy import of an fla kernel for ``backend: fla`` with a clear error when it cannot run.
+* :func:`run_core` — the decode/training dispatch every linear mixer shares: chunked form in training and
+  prefill (continuing from ``state["ssm"]``), recurrent form for single-token steps.
+* :func:`to_chunks`, :func:`from_chunks`, :func:`chunk_states` — chunking helpers of the pure-torch
+  chunked recurrences (zero padding of the tail, the states entering every chunk).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archlab.model.canon import Canon
+
+
+class ShortConvs(nn.Module):
+    """Separate causal depthwise SiLU convolutions (kernel K, no bias, no residual) on several inputs."""
+
+    def __init__(self, dims: dict[str, int], kernel: int, init_std: float | None = None):
+        super().__init__()
+        self.convs = nn.ModuleDict({n: Canon(d, kernel, residual=False, activation=True) for n, d in dims.items()})
+        self.init_std = init_std
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for conv in self.convs.values():
+            if self.init_std is None:
+                conv.reset_parameters()  # PyTorch's default Conv1d init
+            else:  # fla models re-initialise every nn.Conv1d with N(0, initializer_range)
+                nn.init.normal_(conv.weight, std=self.init_std)
+
+    def forward(self, name: str, x: torch.Tensor, state: dict | None) -> torch.Tensor:
+        """x: [B, T, C] -> SiLU(causal conv(x)), reading/updating ``state['conv_<name>']`` when decoding."""
+        return self.convs[name](x, state, f"conv_{name}")
+
+
+def init_dt_bias(p: torch.Tensor, dt_min: float, dt_max: float, dt_floor: float) -> None:
+    """In place: p = softplus⁻¹(dt), dt = exp(U(log dt_min, log dt_max)) clamped at dt_floor."""
+    with torch.no_grad():
+        dt = torch.exp(torch.rand_like(p) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp_min(dt_floor)
+        p.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt) = dt + log(1 - exp(-dt))
+
+
+def no_decay(*params: nn.Parameter) -> None:
+    for p in params:
+        p._no_weight_decay = True
+        p._no_muon = True
+
+
+def fla_op(package: str, name: str, x: torch.Tensor) -> Callable:
+    """``fla.ops.<package>.<name>``, imported on first use; raises if fla or CUDA is missing."""
+    if not x.is_cuda:
+        raise RuntimeError(f"mixer.backend='fla' runs Triton kernels and needs CUDA tensors, got device {x.device}; "
+                           "use mixer.backend=torch on this device")
+    try:
+        module = importlib.import_module(f"fla.ops.{package}")
+    except ImportError as err:
+        raise RuntimeError(
+            f"mixer.backend='fla' needs flash-linear-attention (pip install flash-linear-attention): {err}"
+        ) from err
+    return getattr(module, name)
+
+
+def run_core(
+    chunk: Callable,
+    recurrent: Callable,
+    args: tuple[torch.Tensor, ...],
+    state: dict | None,
+    scale: float | None,
+    chunk_kwargs: dict,
+) -> torch.Tensor:
+    """o from ``chunk(*args, ...)`` or (one decoding step) ``recurrent(*args, ...)``; keeps ``state['ssm']``."""
+    if state is None:
+        o, _ = chunk(*args, scale=scale, **chunk_kwargs)
+        return o
+    init = state.get("ssm")
+    T = args[0].shape[1]
+    if T == 1:
+        o, final = recurrent(*args, scale=scale, initial_state=init, output_final_state=True)
+    else:
+        o, final = chunk(*args, scale=scale, initial_state=init, output_final_state=True, **chunk_kwargs)
+    state["ssm"] = final.detach()
+    return o
+
+
+def norm_gate(o: torch.Tensor, weight: torch.Tensor, eps: float, g: torch.Tensor | None) -> torch.Tensor:
+    """RMSNorm(o) · weight · swish(g) over the last dim (fla's FusedRMSNormGated), statistics in fp32."""
+    o = F.rms_norm(acc(o), (o.shape[-1],), eps=eps).to(o.dtype) * weight
+    return o if g is None else o * F.silu(g)
+
+
+def fp32_core(fn: Callable) -> Callable:
+    """Run a recurrence with autocast off: its inputs are cast to fp32 (see :func:`acc`), and its matmuls
+    (chunk states, scores, the triangular solve) stay in fp32 under bf16 training too."""
+
+    @functools.wraps(fn)
+    def wrapper(q: torch.Tensor, *args, **kwargs):
+        with torch.autocast(q.device.type, enabled=False):
+            return fn(q, *args, **kwargs)
+
+    return wrapper
+
+
+def acc(x: torch.Tensor) -> torch.Tensor:
+    """x in the accumulation dtype of the recurrences: fp32, or fp64 if it already is."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:
+    """[B, T, H, *rest] -> [B, H, N, C, *rest] in fp32 (fp64 stays), the tail zero-padded to N*C steps.
+
+    Zero padding is exact for every recurrence here: a padded step has k = 0 (or β = 0) and log-decay 0, so it
+    leaves the state unchanged, and its outputs are cut off by :func:`from_chunks`.
+    """
+    B, T, H = x.shape[:3]
+    pad = (-T) % C
+    if pad:
+        x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad))
+    x = acc(x).reshape(B, (T + pad) // C, C, H, *x.shape[3:])
+    return x.movedim(3, 1).contiguous()
+
+
+def from_chunks(x: torch.Tensor, T: int) -> torch.Tensor:
+    """[B, H, N, C, D] -> [B, T, H, D]."""
+    B, H, N, C, D = x.shape
+    return x.movedim(1, 3).reshape(B, N * C, H, D)[:, :T]
+
+
+def chunk_states(
+    log_decay: torch.Tensor, dS: torch.Tensor, S0: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """States entering every chunk and the state after the last one, for S_{n+1} = exp(a_n) ⊙ S_n + dS_n.
+
+    log_decay a: [B, H, N] (scalar per head) or [B, H, N, K] (per key channel); dS: [B, H, N, K, V].
+    A sequential pass over the N = T / chunk_size chunks (measured faster on CPU than the closed form
+    Σ_m exp(Σ_{m<l≤n} a_l) dS_m as one [N, N] matmul, and free of its N² cost). The inputs are unbound once:
+    indexing chunk n inside the loop would make backward build a full-size gradient per chunk.
+    Returns ([B, H, N, K, V], [B, H, K, V]).
+    """
+    S = dS.new_zeros(dS[:, :, 0].shape) if S0 is None else S0.to(dS.dtype)
+    decay = log_decay.exp()
+    decay = decay[..., None, None] if log_decay.dim() == 3 else decay[..., None]  # broadcast over [K, V] / [V]
+    states = []
+    for d, ds in zip(decay.unbind(2), dS.unbind(2)):
+        states.append(S)
+        S = d * S + ds
+    return torch.stack(states, dim=2), S

@@ -1,0 +1,163 @@
+"""Sequence-mixer throughput on CPU: the linear mixers (GLA, Mamba2, Gated DeltaNet; chunked pure-torch forms)
+against causal attention (SDPA) at the same width, measured in the same run.
+
+For every mixer alone (x -> mixer -> y, no MLP, no embedding):
+  * training: forward + backward tokens/s at T = 512, 2048, 8192, with the batch chosen so every step holds the
+    same number of tokens (default 8192: B = 16, 4, 1); the mixers take turns step by step (so a busy machine
+    slows them alike) and the best of ``--reps`` steps after a warm-up step is reported;
+  * peak memory of one forward + backward step, each in a fresh subprocess: growth of the peak RSS (VmHWM,
+    reset through /proc/self/clear_refs) over the RSS before the step, with glibc's mmap threshold pinned at
+    64 KiB so that freed tensors go back to the OS (the figure tracks live tensor memory, not allocator caches);
+  * decoding: ms per token of single-token steps through the mixer's state dict, after a prefill of 128 and
+    of 2048 tokens (batch 1).
+The linear mixers run in their paper configuration with their own SiLU short convs (model.canon = "b");
+attention is plain SDPA with 4 heads of 64.
+
+    python benchmarks/mixer_throughput.py                    # d=256, T=512/2048/8192, 1 thread
+    python benchmarks/mixer_throughput.py --threads 2 --reps 2 --seq-lens 512 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+from archlab.config import ModelConfig
+from archlab.model.mixers import build_mixer
+
+MIXERS = {
+    "attention": ({"name": "attention", "n_heads": 4}, ""),
+    "gla": ({"name": "gla"}, "b"),
+    "mamba2": ({"name": "mamba2"}, "b"),
+    "gdn": ({"name": "gdn"}, "b"),
+}
+
+
+def build(name: str, d: int) -> torch.nn.Module:
+    mixer, canon = MIXERS[name]
+    cfg = ModelConfig(vocab_size=256, d_model=d, n_layers=2, mixer=mixer, canon=canon)
+    torch.manual_seed(0)
+    return build_mixer(cfg.mixer, cfg, 0)
+
+
+def train_step(m: torch.nn.Module, x: torch.Tensor) -> None:
+    y, _ = m(x)
+    y.square().mean().backward()
+    m.zero_grad(set_to_none=True)
+    x.grad = None
+
+
+def time_training(names: list[str], B: int, T: int, d: int, reps: int) -> dict[str, float]:
+    """tokens/s of the best step per mixer; the mixers alternate step by step."""
+    mixers = {n: build(n, d) for n in names}
+    x = torch.randn(B, T, d, requires_grad=True)
+    best = {n: float("inf") for n in names}
+    for rep in range(reps + 1):
+        for n, m in mixers.items():
+            t0 = time.perf_counter()
+            train_step(m, x)
+            if rep:  # rep 0 is the warm-up
+                best[n] = min(best[n], time.perf_counter() - t0)
+    return {n: B * T / t for n, t in best.items()}
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current RSS, peak RSS since the last reset) in MiB, from /proc/self/status."""
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def peak_memory_child(name: str, B: int, T: int, d: int) -> float:
+    """Run in a fresh process: MiB of peak RSS growth during one forward + backward step (after a warm-up)."""
+    ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: big blocks are unmapped on free
+    m = build(name, d)
+    x = torch.randn(B, T, d, requires_grad=True)
+    train_step(m, x)
+    before, _ = rss_mb()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    train_step(m, x)
+    return rss_mb()[1] - before
+
+
+def peak_memory(name: str, B: int, T: int, d: int, threads: int) -> float:
+    cmd = [sys.executable, __file__, "--memory-child", name, str(B), str(T), str(d), "--threads", str(threads)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout
+        return float(out.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+        return float("nan")
+
+
+@torch.no_grad()
+def time_decode(m: torch.nn.Module, context: int, d: int, steps: int) -> float:
+    """ms per token of single-token steps after a prefill of ``context`` tokens (batch 1)."""
+    state: dict = {}
+    m(torch.randn(1, context, d), state)
+    xs = torch.randn(steps + 2, 1, 1, d)
+    for x in xs[:2]:  # warm-up steps
+        m(x, state)
+    t0 = time.perf_counter()
+    for x in xs[2:]:
+        m(x, state)
+    return (time.perf_counter() - t0) / steps * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--seq-lens", type=int, nargs="+", default=[512, 2048, 8192])
+    ap.add_argument("--tokens", type=int, default=8192, help="tokens per step (batch = tokens / T, >= 1)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mixers", nargs="+", default=list(MIXERS), choices=list(MIXERS))
+    ap.add_argument("--decode-contexts", type=int, nargs="+", default=[128, 2048])
+    ap.add_argument("--decode-steps", type=int, default=16)
+    ap.add_argument("--memory-child", nargs=4, metavar=("MIXER", "B", "T", "D"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        name, B, T, d = args.memory_child
+        print(peak_memory_child(name, int(B), int(T), int(d)))
+        return
+
+    d, Ts, names = args.d_model, args.seq_lens, args.mixers
+    batch = {T: max(1, args.tokens // T) for T in Ts}
+    print(f"# mixer throughput: d={d}, fp32, CPU ({platform.machine()}), torch {torch.__version__}, "
+          f"{args.threads} thread(s), {args.tokens} tokens per step, best of {args.reps}\n", flush=True)
+    speed = {}
+    for T in Ts:
+        speed[T] = time_training(names, batch[T], T, d, args.reps)
+        print(f"  trained T={T}", flush=True)
+    memory = {(n, T): peak_memory(n, batch[T], T, d, args.threads) for n in names for T in Ts}
+    print("  measured memory", flush=True)
+    decode, params = {}, {}
+    for n in names:
+        m = build(n, d)
+        params[n] = sum(p.numel() for p in m.parameters())
+        for c in args.decode_contexts:
+            decode[n, c] = time_decode(m, c, d, args.decode_steps)
+    print("  timed decoding\n", flush=True)
+
+    ref = "attention" if "attention" in names else None
+    head = ["mixer", "params"] + [f"tok/s T={T} (B={batch[T]})" for T in Ts]
+    head += ([f"vs attn T={T}" for T in Ts] if ref else []) + [f"peak MiB T={T}" for T in Ts]
+    head += [f"decode ms/tok @{c}" for c in args.decode_contexts]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for n in names:
+        cells = [n, f"{params[n] / 1e3:.0f}k"] + [f"{speed[T][n]:,.0f}" for T in Ts]
+        if ref:
+            cells += [f"{speed[T][n] / speed[T][ref]:.2f}x" for T in Ts]
+        cells += [f"{memory[n, T]:.0f}" for T in Ts] + [f"{decode[n, c]:.2f}" for c in args.decode_contexts]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
