@@ -262,6 +262,40 @@ def report(
     out.print(f"report: {path}")
 
 
+data_app = typer.Typer(help="Inspect task data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("show")
+def data_show(
+    task_name: str = typer.Argument(..., metavar="TASK", help="depo | brevo | capo | mano | lano | text"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides, e.g. data.n_max=8"),
+    n: int = typer.Option(2, min=1, help="windows to show"),
+    split: str = typer.Option("train", help="train | val | test"),
+    step: int = typer.Option(0, min=0, help="stream position"),
+) -> None:
+    """Print decoded samples; loss-bearing (answer) tokens are highlighted in green."""
+    from rich.markup import escape
+
+    from archlab.tasks import build_task
+
+    cfg = _load(None, [f"data.name={task_name}", *(overrides or [])])
+    try:
+        task = build_task(cfg.data, cfg.train.seq_len)
+        tokens, mask = task.batch(split, cfg.seed, 0, step, n)
+    except ValueError as err:
+        fail(str(err))
+    for row, (toks, m) in enumerate(zip(tokens.tolist(), mask.tolist())):
+        runs, start = [], 0
+        for i in range(1, len(toks) + 1):  # split into runs of equal mask value, decode each run
+            if i == len(toks) or m[i] != m[start]:
+                text = escape(task.decode(toks[start:i]))
+                runs.append(f"[bold green]{text}[/]" if m[start] else text)
+                start = i
+        out.rule(f"{task_name} {split} step {step} window {row}: {sum(m)} of {len(m)} tokens carry loss")
+        out.print("".join(runs), highlight=False)
+
+
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), help="where the runs and the plot go"),

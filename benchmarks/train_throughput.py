@@ -54,15 +54,18 @@ def step_fn(model: torch.nn.Module, is_hf: bool, opt: torch.optim.Optimizer, ids
     return step
 
 
-def time_steps(step, warmup: int, steps: int) -> float:
+def time_interleaved(steps_fns: dict[str, callable], warmup: int, steps: int) -> dict[str, float]:
+    """Median seconds per step for each function, the functions taking turns step by step (fair under noise)."""
     for _ in range(warmup):
-        step()
-    times = []
+        for fn in steps_fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in steps_fns}
     for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, fn in steps_fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def matmul_peak(d: int, tokens: int, precision: str, reps: int = 10) -> float:
@@ -97,10 +100,11 @@ def main() -> None:
             ours, hf, canon = make_models(s["d"], s["layers"])
             ids = torch.randint(0, VOCAB, (s["B"], s["T"] + 1))
             tokens = s["B"] * s["T"]
-            res = {}
+            fns = {}
             for name, model, is_hf in (("archlab", ours, False), ("hf", hf, True), ("canon", canon, False)):
                 opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-                res[name] = tokens / time_steps(step_fn(model, is_hf, opt, ids, precision), args.warmup, args.steps)
+                fns[name] = step_fn(model, is_hf, opt, ids, precision)
+            res = {name: tokens / sec for name, sec in time_interleaved(fns, args.warmup, args.steps).items()}
             gflops = ours.flops_per_token(s["T"]) * res["archlab"] / 1e9
             peak = matmul_peak(s["d"], tokens, precision)
             print(

@@ -68,3 +68,11 @@ def test_cli_bad_config_exits_2_without_traceback_or_run_dir(tmp_path):
     assert result.exit_code == 2
     assert "model.n_layers" in result.output and "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_data_show_highlights_loss_tokens():
+    result = CliRunner().invoke(app, ["data", "show", "depo", "data.n_max=5", "data.k_max=2", "data.mini_vocab=8", "train.seq_len=64"])
+    assert result.exit_code == 0, result.output
+    assert "<ans>" in result.output and "tokens carry loss" in result.output
+    bad = CliRunner().invoke(app, ["data", "show", "nosuch"])
+    assert bad.exit_code == 2 and "unknown task 'nosuch'" in bad.output
