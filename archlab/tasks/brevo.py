@@ -30,6 +30,7 @@ from pydantic import Field, model_validator
 
 from archlab.tasks import register_task
 from archlab.tasks.common import (
+    check_name_space,
     PAD,
     Instances,
     NameVocab,
@@ -72,10 +73,7 @@ class BrevoConfig(SyntheticConfig):
 
     @model_validator(mode="after")
     def _check(self) -> "BrevoConfig":
-        if not self.n_min <= self.n_max or not self.name_min_len <= self.name_max_len:
-            raise ValueError("need n_min <= n_max and name_min_len <= name_max_len")
-        if NameVocab(0, self.vocab, self.name_min_len, self.name_max_len).n_names < self.n_max:
-            raise ValueError(f"too few distinct names for n_max={self.n_max}; raise mini_vocab")
+        check_name_space(self.n_min, self.n_max, self.name_min_len, self.name_max_len, self.vocab)
         return self
 
     @property

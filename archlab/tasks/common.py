@@ -467,3 +467,13 @@ def render_tokens(tokens: Sequence[int], names: NameVocab, specials: dict[int, s
             cur = ""
         parts.append(specials.get(t, f"#{t}"))
     return " ".join(parts + [cur] if cur else parts)
+
+
+def check_name_space(n_min: int, n_max: int, name_min_len: int, name_max_len: int, vocab: int) -> None:
+    """Config check shared by the graph tasks: sane ranges and at least n_max distinct names."""
+    if not n_min <= n_max or not name_min_len <= name_max_len:
+        raise ValueError("need n_min <= n_max and name_min_len <= name_max_len")
+    if NameVocab(0, vocab, name_min_len, name_max_len).n_names < n_max:
+        raise ValueError(
+            f"mini_vocab={vocab} with names of {name_min_len}-{name_max_len} tokens has fewer than n_max={n_max} names"
+        )

@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 
 from archlab.tasks import register_task
 from archlab.tasks.common import (
+    check_name_space,
     PAD,
     Instances,
     NameVocab,
@@ -65,13 +66,7 @@ class DepoConfig(SyntheticConfig):
 
     @model_validator(mode="after")
     def _check(self) -> "DepoConfig":
-        if not self.n_min <= self.n_max or not self.name_min_len <= self.name_max_len:
-            raise ValueError("need n_min <= n_max and name_min_len <= name_max_len")
-        if NameVocab(0, self.mini_vocab, self.name_min_len, self.name_max_len).n_names < self.n_max:
-            raise ValueError(
-                f"mini_vocab={self.mini_vocab} with names of {self.name_min_len}-{self.name_max_len} tokens "
-                f"has fewer than n_max={self.n_max} names"
-            )
+        check_name_space(self.n_min, self.n_max, self.name_min_len, self.name_max_len, self.mini_vocab)
         return self
 
 
