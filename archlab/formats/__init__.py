@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -26,9 +27,9 @@ class Format:
         """Checkpoint directory -> archlab model with the same outputs."""
         return import_module(self.module).load(Path(path))
 
-    def save(self, model: nn.Module, path: str | Path) -> None:
-        """archlab model -> checkpoint directory in this format."""
-        import_module(self.module).save(model, Path(path))
+    def save(self, model: nn.Module, path: str | Path, **options: Any) -> None:
+        """archlab model -> checkpoint directory in this format (``options``: the module's save keywords)."""
+        import_module(self.module).save(model, Path(path), **options)
 
 
 FORMATS: dict[str, Format] = {
