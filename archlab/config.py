@@ -23,10 +23,34 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # no inf/nan sizes or rates
 
 
 CANON_LETTERS = "ABCDb"
+
+
+STATE_STD_HUGINN = 0.008703882797784892  # sqrt(2 / (5 * 5280)): Huginn's value, kept by the retrofit code (spec §1.3)
+
+
+class RecurrenceConfig(Section):
+    """Depth recurrence (model/recurrence.py): prelude once -> core r times -> coda. Spec: shared/specs/recurrence.md."""
+
+    prelude: int = Field(2, ge=0, description="blocks run once before the loop")
+    core: int = Field(2, gt=0, description="blocks of the recurrent core, applied r times")
+    coda: int = Field(2, ge=0, description="blocks run once after the loop")
+    mean_recurrence: int = Field(4, gt=0, description="training mean M of r (r = Poisson(lambda) + 1); also the eval r")
+    backprop_depth: int = Field(8, gt=0, description="gradient flows through at most the last k iterations")
+    lognormal_sigma: float = Field(0.5, ge=0, description="sigma of lambda ~ LogNormal(ln M - sigma^2 / 2, sigma)")
+    curriculum: Literal["none", "linear", "1-sqrt"] = Field("none", description="ramp of the mean recurrence")
+    curriculum_fraction: float = Field(0.75, gt=0, le=1, description="fraction of train.steps the ramp lasts")
+    state_init_std: float = Field(STATE_STD_HUGINN, ge=0, description="std of the truncated-normal initial state")
+    adapter_init: Literal["default", "identity"] = Field(
+        "default", description="default: nn.Linear's init (as the paper); identity: [0 | I], adapter(s, e) = e"
+    )
+
+    @property
+    def n_layers(self) -> int:
+        return self.prelude + self.core + self.coda
 
 
 class ModelConfig(Section):
@@ -64,6 +88,8 @@ class ModelConfig(Section):
     )
     multiplier_lr_mult: float = Field(1.0, gt=0, description="multiplier LR = optim.lr * this (AdamW, also under Muon)")
     multiplier_weight_decay: float = Field(2e-3, ge=0, description="the multipliers' own small decoupled weight decay")
+    recurrence: RecurrenceConfig | None = Field(None, description="depth recurrence; None = a plain stack of n_layers blocks")
+    init_from: str | None = Field(None, description="directory with model.safetensors (retrofit output or step_N) to start from")
 
     @field_validator("mixer", mode="before")
     @classmethod
@@ -92,6 +118,9 @@ class ModelConfig(Section):
         self.mixer.check(self.d_model)
         if self.residual_alpha is not None and self.residual not in ALPHA_STYLES:
             raise ValueError(f"residual_alpha is set but residual={self.residual!r} has no alpha (only {', '.join(ALPHA_STYLES)})")
+        rec = self.recurrence
+        if rec is not None and rec.n_layers != self.n_layers:
+            raise ValueError(f"model.recurrence: prelude + core + coda = {rec.n_layers} must equal model.n_layers={self.n_layers}")
         return self
 
     @property
@@ -133,7 +162,7 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, gt=0)
     seq_len: int = Field(256, gt=0)
     precision: Literal["fp32", "bf16"] = "fp32"
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N | mps")
     eval_every: int = Field(0, ge=0, description="0 = only at the end")
     eval_batches: int = Field(4, gt=0)
     log_every: int = Field(10, gt=0)
@@ -142,6 +171,8 @@ class TrainConfig(Section):
     threads: int | None = Field(None, gt=0, description="torch CPU threads; None = torch default")
     deterministic: bool = False
     log_norms: bool = Field(False, description="add per-block activation RMS and grad norms to the metrics on log steps")
+    nonfinite: Literal["stop", "skip"] = Field("stop", description="a step with NaN/Inf loss or gradients: stop, or skip its update")
+    max_skipped_steps: int = Field(10, ge=0, description="nonfinite=skip: stop once this many steps of the run were skipped")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
