@@ -32,6 +32,7 @@ from archlab.checkpoint import (
 from archlab.config import RunConfig
 from archlab.evaluate import autocast_context, masked_loss_eval
 from archlab.model.lm import LM
+from archlab.model.recurrence import build_lm
 from archlab.norm_stats import NormStats
 from archlab.optim import build_optimizers, lr_factor
 from archlab.runinfo import run_info
@@ -79,7 +80,7 @@ def build_model(cfg: RunConfig, task: Task) -> tuple[LM, RunConfig]:
     elif cfg.model.vocab_size < task.vocab_size:
         raise ValueError(f"model.vocab_size={cfg.model.vocab_size} is smaller than task {cfg.data.name!r}'s vocabulary ({task.vocab_size})")
     torch.manual_seed(cfg.seed)
-    return LM(cfg.model), cfg
+    return build_lm(cfg.model), cfg
 
 
 # Settings that may change between a run and its resumption without changing what is computed.
@@ -153,6 +154,8 @@ def train(
             set_rng_state(ckpt.state["rng"])
             start_step = ckpt.step
             log.info("resumed from %s (step %d)", ckpt.path, start_step)
+    if start_step == 0 and cfg.model.init_from:  # start from given weights (e.g. `archlab retrofit` output)
+        load_model_weights(model, Path(cfg.model.init_from))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_json_atomic(run_dir / "run.json", run_info(device, {"n_params": model.num_params(), "resumed_from_step": start_step, "optimizer_groups": opt.summary}))
@@ -177,10 +180,12 @@ def train(
             tokens, mask = tokens.to(device), mask.to(device)
             normaliser = mask[:, 1:].sum().clamp_min(1)
             loss_sum = torch.zeros((), device=device)
+            draws: list[dict[str, Any]] = []  # per-micro-batch model arguments, a pure function of (seed, step, i)
             for i in range(tc.grad_accum):
                 tk, mk = tokens[i * micro : (i + 1) * micro], mask[i * micro : (i + 1) * micro]
+                draws.append(model.micro_batch_args(cfg.seed, step, i, tc.steps) if hasattr(model, "micro_batch_args") else {})
                 with autocast_context(device, tc.precision):
-                    loss = model.loss(tk[:, :-1], tk[:, 1:], mk[:, 1:], normaliser=normaliser)
+                    loss = model.loss(tk[:, :-1], tk[:, 1:], mk[:, 1:], normaliser=normaliser, **draws[-1])
                 loss.backward()
                 loss_sum += loss.detach()
             loss_value = float(loss_sum)
@@ -196,6 +201,8 @@ def train(
             done = step + 1
             record = {"step": done, "loss": loss_value, "lr": cfg.optim.lr * lr_mult, "grad_norm": grad_norm,
                       "tok_per_s": tokens_per_step / dt, "step_time": dt, "tokens": done * tokens_per_step}
+            if any(draws):  # e.g. depth recurrence: r and n_grad of each micro-batch
+                record["micro_batch_args"] = draws
             if norm_stats is not None and (done % tc.log_every == 0 or done == end_step):
                 record["norms"] = norm_stats.collect()
             if tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:
