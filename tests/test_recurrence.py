@@ -170,3 +170,41 @@ def test_config_errors():
         build_config({"model": {"n_layers": 4, "recurrence": {"prelude": 2, "core": 2, "coda": 2}}})
     with pytest.raises(ConfigError, match="model.recurrence.curriculum"):
         build_config({"model": {"n_layers": 6, "recurrence": {"curriculum": "cosine"}}})
+
+
+TRAIN = [
+    "model.d_model=32", "model.n_layers=3", "model.mixer.n_heads=2", "train.seq_len=32", "train.batch_size=4",
+    "train.grad_accum=2", "train.log_every=1", "optim.lr=3e-3", "train.eval_batches=1",
+    "model.recurrence={prelude: 1, core: 1, coda: 1, mean_recurrence: 3, backprop_depth: 2, curriculum: linear, curriculum_fraction: 0.5}",
+]
+
+
+def test_training_draws_r_per_micro_batch_and_resume_reproduces_them(tmp_path):
+    from archlab.config import load_config
+    from archlab.train import read_metrics, train
+
+    def run(name: str, stop: int | None = None):
+        return train(load_config(None, TRAIN + ["train.steps=6", f"out_dir={tmp_path}", f"name={name}"]), stop_after=stop)
+
+    full = read_metrics(run("full").run_dir)
+    run("part", stop=3)
+    part = read_metrics(run("part").run_dir)
+    assert [m["micro_batch_args"] for m in full] == [m["micro_batch_args"] for m in part]
+    assert [m["loss"] for m in full] == [m["loss"] for m in part]  # bit-exact, state noise included
+    rc = load_config(None, TRAIN).model.recurrence
+    expect = [[dict(zip(("r", "n_grad"), (n + k, k))) for n, k in (sample_depth(rc, 0, s, i, 6) for i in range(2))] for s in range(6)]
+    assert [m["micro_batch_args"] for m in full] == expect
+    assert all(d["n_grad"] == 1 for d in expect[0])  # linear curriculum: m = 1 at step 0, so b = 1
+    assert all(d["n_grad"] == min(d["r"], 2) for d in expect[3])  # ramp done at step 3: m = 3, b = 2
+
+
+def test_muon_takes_adapter_and_core_matrices():
+    from archlab.optim import build_optimizers
+
+    m = make()
+    opt = build_optimizers(m, build_config({"optim": {"name": "muon", "muon_lr": 1e-3, "lr": 5e-5}}).optim)
+    muon = {id(p) for g in opt.optimizers[1].param_groups for p in g["params"]}
+    adam = {id(p) for g in opt.optimizers[0].param_groups for p in g["params"]}
+    assert id(m.adapter.weight) in muon and id(m.core[0].mixer.wqkv.weight) in muon
+    assert {id(m.embed.weight), id(m.head.weight), id(m.norm.weight)} <= adam
+    assert opt.optimizers[1].param_groups[0]["lr"] == 1e-3 and opt.optimizers[0].param_groups[0]["lr"] == 5e-5
