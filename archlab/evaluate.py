@@ -10,6 +10,7 @@ import torch
 
 if TYPE_CHECKING:
     from archlab.model.lm import LM
+    from archlab.model.recurrence import RecurrentLM
     from archlab.tasks.base import Task
 
 
@@ -43,3 +44,29 @@ def masked_loss_eval(
     model.train(was_training)
     loss = total / max(count, 1)
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": count}
+
+
+def model_metrics(model: "LM", task: "Task", seed: int, n_batches: int, batch_size: int) -> dict[str, Any]:
+    """Held-out loss on 'val' plus the task's own metrics, if it defines them (what ``archlab eval`` prints)."""
+    from archlab.tasks.base import Task
+
+    metrics = masked_loss_eval(model, task, "val", seed, n_batches, batch_size)
+    if type(task).evaluate is not Task.evaluate:
+        metrics.update(task.evaluate(model, seed, n_batches, batch_size))
+    return metrics
+
+
+def recurrence_sweep(
+    model: "RecurrentLM", task: "Task", seed: int, rs: list[int], n_batches: int, batch_size: int, seq_len: int
+) -> list[dict[str, Any]]:
+    """model_metrics at each test-time recurrence r, with forward FLOPs/token (prelude + r * core + coda + head).
+
+    The recurrent state is random on every forward; the RNG is reseeded per r so that the sweep is repeatable.
+    """
+    rows = []
+    for r in rs:
+        torch.manual_seed(seed)
+        with model.depth(r):
+            metrics = model_metrics(model, task, seed, n_batches, batch_size)
+        rows.append({"r": r, "flops_per_token": model.inference_flops_per_token(seq_len, r), **metrics})
+    return rows

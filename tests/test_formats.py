@@ -243,7 +243,140 @@ def test_missing_files_and_unsupported_models_are_refused(tmp_path):
     with pytest.raises(FormatError, match="neither model.safetensors nor model.safetensors.index.json"):
         FORMATS["llama-canon"].load(tmp_path)
     gelu = LM(ModelConfig(vocab_size=V, d_model=D, n_layers=1, mlp="gelu", canon="Ab"))
-    with pytest.raises(FormatError, match=r"model.canon contains 'b'.*model.mlp='gelu'"):
+    with pytest.raises(FormatError, match=r"model.mlp='gelu'.*model.canon contains 'b'"):
         FORMATS["llama-canon"].save(gelu, tmp_path / "x")
     with pytest.raises(ValueError, match="unknown format 'gguf'; known: llama-canon, raven"):
         get_format("gguf")
+
+
+# ---------------------------------------------------------------- Raven (retrofitted recurrence)
+
+def raven_config(p: int, c: int, q: int, **over) -> dict:
+    base = {"architectures": ["RavenForCausalLM"], "model_type": "huginn_raven", "n_embd": D, "n_heads": H,
+            "num_key_value_heads": 2, "head_dim": D // H, "intermediate_size": FFN, "n_layers": p + c + q,
+            "n_layers_in_prelude": p, "n_layers_in_recurrent_block": c, "n_layers_in_coda": q,
+            "mean_recurrence": 3, "mean_backprop_depth": 2, "vocab_size": V, "padded_vocab_size": V,
+            "tie_embeddings": False, "bias": False, "qk_bias": False, "norm_eps": 1e-5, "rope_theta": 10000.0,
+            "rope_base": 50000.0, "block_class_name": "SandwichBlock", "injection_type": "linear",
+            "init_values": {"std": 0.02, "out_proj": 0.001, "embedding": 0.02, "embed_scale": 1.0}}
+    return {**base, **over}
+
+
+def raven_shapes(c: dict) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a retrofitted checkpoint, written out from the spec (§1.2, §2.2)."""
+    d, kv, hd, f = c["n_embd"], c["num_key_value_heads"], c["n_embd"] // c["n_heads"], c["intermediate_size"]
+    s = {"transformer.wte.weight": (V, d), "transformer.adapter.weight": (d, 2 * d), "transformer.ln_f.weight": (d,)}
+    if not c["tie_embeddings"]:
+        s["lm_head.weight"] = (V, d)
+    for group, key in (("prelude", "n_layers_in_prelude"), ("core_block", "n_layers_in_recurrent_block"), ("coda", "n_layers_in_coda")):
+        for j in range(c[key]):
+            p = f"transformer.{group}.{j}."
+            s.update({p + "norm_1.weight": (d,), p + "attn.Wqkv.weight": (d + 2 * kv * hd, d), p + "attn.proj.weight": (d, d),
+                      p + "norm_2.weight": (d,), p + "mlp.fc.weight": (2 * f, d), p + "mlp.proj.weight": (d, f)})
+    return s
+
+
+def raven_reference_logits(c: dict, t: dict[str, torch.Tensor], ids: torch.Tensor, r: int, s0: torch.Tensor) -> torch.Tensor:
+    """Retrofitted forward (spec §1.2): e = prelude(wte(ids)); s = core(adapter([s; e])) r times; lm_head(ln_f(coda(s)))."""
+    B, T = ids.shape
+    h, kv, eps = c["n_heads"], c["num_key_value_heads"], c["norm_eps"]
+    hd = c["n_embd"] // h
+    rope_cfg = {"rope_dim": None, "head_dim": hd, "rope_theta": c["rope_theta"], "rope_version": "huggingface"}
+    causal = torch.full((T, T), float("-inf")).triu(1)
+
+    def block(x: torch.Tensor, p: str) -> torch.Tensor:
+        q, k, v = (_rms(x, t[p + "norm_1.weight"], eps) @ t[p + "attn.Wqkv.weight"].T).split([h * hd, kv * hd, kv * hd], -1)
+        q, k, v = (z.view(B, T, -1, hd).transpose(1, 2) for z in (q, k, v))
+        q, k = _rope(rope_cfg, q), _rope(rope_cfg, k)
+        k, v = k.repeat_interleave(h // kv, dim=1), v.repeat_interleave(h // kv, dim=1)
+        att = torch.softmax(q @ k.transpose(2, 3) / math.sqrt(hd) + causal, dim=-1) @ v
+        x = x + att.transpose(1, 2).reshape(B, T, h * hd) @ t[p + "attn.proj.weight"].T
+        gate, up = (_rms(x, t[p + "norm_2.weight"], eps) @ t[p + "mlp.fc.weight"].T).chunk(2, -1)
+        return x + (F.silu(gate) * up) @ t[p + "mlp.proj.weight"].T
+
+    e = t["transformer.wte.weight"][ids]
+    for j in range(c["n_layers_in_prelude"]):
+        e = block(e, f"transformer.prelude.{j}.")
+    s = s0
+    for _ in range(r):
+        s = torch.cat([s, e], -1) @ t["transformer.adapter.weight"].T
+        for j in range(c["n_layers_in_recurrent_block"]):
+            s = block(s, f"transformer.core_block.{j}.")
+    for j in range(c["n_layers_in_coda"]):
+        s = block(s, f"transformer.coda.{j}.")
+    return _rms(s, t["transformer.ln_f.weight"], eps) @ t.get("lm_head.weight", t["transformer.wte.weight"]).T
+
+
+def _state0(std: float) -> torch.Tensor:
+    """The initial state RecurrentLM draws right after torch.manual_seed(5) (TruncNormal(0, std^2), +-3 std)."""
+    torch.manual_seed(5)
+    return torch.nn.init.trunc_normal_(torch.zeros(*IDS.shape, D), 0.0, std, -3 * std, 3 * std)
+
+
+@pytest.mark.parametrize("groups", [(1, 2, 1), (2, 1, 0), (0, 1, 2)], ids=lambda g: "P{}R{}C{}".format(*g))
+@pytest.mark.parametrize("r", [1, 3])
+def test_hand_built_raven_loads_and_matches_reference(tmp_path, groups, r):
+    c = raven_config(*groups)
+    g = torch.Generator().manual_seed(2)
+    t = {k: torch.randn(*s, generator=g) * (0.3 if len(s) > 1 else 0.1) + (1.0 if len(s) == 1 else 0.0)
+         for k, s in raven_shapes(c).items()}
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    save_file(t, tmp_path / "model.safetensors")
+    model = get_format("raven").load(tmp_path)
+    rc = model.cfg.recurrence
+    assert (rc.prelude, rc.core, rc.coda, rc.mean_recurrence, rc.backprop_depth, rc.state_init_std) == (*groups, 3, 2, 0.02)
+    s0 = _state0(0.02)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        ours = model(IDS, r=r)[0]
+        ref = raven_reference_logits(c, t, IDS, r, s0)
+    assert ref.abs().max() > 1.0
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("groups,n_kv,tie", [((1, 2, 1), H, False), ((2, 1, 0), 2, True), ((0, 2, 2), 1, False)])
+def test_round_trip_archlab_raven_archlab(tmp_path, groups, n_kv, tie):
+    from archlab.model.recurrence import RecurrentLM
+
+    p, c, q = groups
+    cfg = ModelConfig(vocab_size=V, d_model=D, n_layers=p + c + q, ffn_dim=FFN, tie_embeddings=tie,
+                      mixer={"name": "attention", "n_heads": H, "n_kv_heads": n_kv},
+                      recurrence={"prelude": p, "core": c, "coda": q, "mean_recurrence": 5, "backprop_depth": 3, "state_init_std": 0.01})
+    model = RecurrentLM(cfg).eval()
+    FORMATS["raven"].save(model, tmp_path, max_shard_bytes=8000)
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert (written["n_layers_in_prelude"], written["n_layers_in_recurrent_block"], written["n_layers_in_coda"]) == groups
+    assert (written["mean_recurrence"], written["mean_backprop_depth"], written["init_values"]["std"]) == (5, 3, 0.01)
+    back = FORMATS["raven"].load(tmp_path)
+    assert back.cfg.recurrence == cfg.recurrence.model_copy(update={"adapter_init": back.cfg.recurrence.adapter_init})
+    with torch.no_grad():
+        for r in (1, 4):
+            torch.manual_seed(5)
+            want = model(IDS, r=r)[0]
+            torch.manual_seed(5)
+            torch.testing.assert_close(back(IDS, r=r)[0], want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("over,needle", [
+    (dict(qk_bias=True), "qk_bias=True"),
+    (dict(bias=True), "bias=True"),
+    (dict(init_values={"std": 0.01, "embed_scale": 5.65}), "init_values.embed_scale=5.65"),
+    (dict(rope_scaling={"rope_type": "llama3", "factor": 32.0}), "rope_scaling="),
+    (dict(n_layers=7), "n_layers=7"),
+])
+def test_unsupported_raven_config_names_the_field(tmp_path, over, needle):
+    (tmp_path / "config.json").write_text(json.dumps(raven_config(1, 1, 1, **over)))
+    with pytest.raises(FormatError, match=needle.replace("(", r"\(")):
+        FORMATS["raven"].load(tmp_path)
+
+
+def test_raven_and_llama_canon_refuse_each_others_models(tmp_path):
+    plain = LM(ModelConfig(vocab_size=V, d_model=D, n_layers=1, mixer={"name": "attention", "n_heads": H}))
+    with pytest.raises(FormatError, match="model.recurrence is not set"):
+        FORMATS["raven"].save(plain, tmp_path / "a")
+    from archlab.model.recurrence import RecurrentLM
+
+    rec = RecurrentLM(ModelConfig(vocab_size=V, d_model=D, n_layers=3, recurrence={"prelude": 1, "core": 1, "coda": 1}))
+    with pytest.raises(FormatError, match="model.recurrence is set"):
+        FORMATS["llama-canon"].save(rec, tmp_path / "b")

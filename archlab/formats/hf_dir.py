@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -71,6 +72,13 @@ def check_keys(path: Path, tensors: dict[str, torch.Tensor], expected: dict[str,
                 for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if items]
     if problems:
         raise FormatError(f"{path}: tensors do not fit config.json: {'; '.join(problems)}")
+
+
+def load_checked(path: Path, model: nn.Module, to_published: Callable[[dict], dict], from_published: Callable[[dict], dict]) -> None:
+    """Load ``path``'s tensors into ``model`` after checking they are exactly the ones ``to_published`` names."""
+    tensors = read_tensors(path)
+    check_keys(path, tensors, to_published(model.state_dict()))
+    model.load_state_dict(from_published(tensors))
 
 
 def write(path: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], max_shard_bytes: int | None = None) -> None:

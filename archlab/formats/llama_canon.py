@@ -27,7 +27,7 @@ import torch
 from pydantic import ValidationError
 
 from archlab.config import ModelConfig
-from archlab.formats.hf_dir import FormatError, check_keys, read_config, read_tensors, write
+from archlab.formats.hf_dir import FormatError, load_checked, read_config, write
 from archlab.hf_llama import config_from_llama, state_dict_from_llama, state_dict_to_llama
 from archlab.model.lm import LM
 
@@ -71,22 +71,30 @@ def config_from_published(raw: dict[str, Any]) -> tuple[ModelConfig, str]:
         raise FormatError(f"config.json: {err}") from None
 
 
-def config_to_published(cfg: ModelConfig, rope_version: str = "huggingface", dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """archlab ModelConfig -> LlamaCanon config.json dict; FormatError lists what the format cannot express."""
+def llama_shape_problems(cfg: ModelConfig) -> list[str]:
+    """What keeps ``cfg``'s blocks from being Llama blocks (pre-norm RMSNorm, RoPE attention, SwiGLU); [] if nothing."""
     m = cfg.mixer
-    problems = [msg for bad, msg in [
+    return [msg for bad, msg in [
         (m.name != "attention", f"model.mixer.name={m.name!r}"),
         (m.name == "attention" and getattr(m, "position", "rope") != "rope", "model.mixer.position='nope'"),
-        ("b" in cfg.canon, "model.canon contains 'b' (LlamaCanon has Canon A/B/C/D only)"),
         (cfg.residual != "pre", f"model.residual={cfg.residual!r}"),
         (cfg.mlp != "swiglu", f"model.mlp={cfg.mlp!r}"),
         (cfg.norm != "rmsnorm", f"model.norm={cfg.norm!r}"),
         (cfg.embed_norm, "model.embed_norm=True"),
         (cfg.multipliers != "none", f"model.multipliers={cfg.multipliers!r}"),
+    ] if bad]
+
+
+def config_to_published(cfg: ModelConfig, rope_version: str = "huggingface", dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """archlab ModelConfig -> LlamaCanon config.json dict; FormatError lists what the format cannot express."""
+    problems = llama_shape_problems(cfg) + [msg for bad, msg in [
+        ("b" in cfg.canon, "model.canon contains 'b' (LlamaCanon has Canon A/B/C/D only)"),
+        (cfg.recurrence is not None, "model.recurrence is set (use the raven format)"),
         (rope_version not in ROPE_VERSIONS, f"rope_version={rope_version!r}"),
     ] if bad]
     if problems:
         raise FormatError(f"cannot write llama-canon: {', '.join(problems)}")
+    m = cfg.mixer
     return {
         "architectures": ["LlamaCanonForCausalLM"], "model_type": "LlamaCanon",
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.resolved_ffn_dim,
@@ -161,9 +169,8 @@ def load(path: Path) -> LM:
     """LlamaCanon (or plain Llama) checkpoint directory -> archlab LM (fp32, eval mode) with the same logits."""
     cfg, rope_version = config_from_published(read_config(path))
     model = LM(cfg)
-    tensors = read_tensors(path)
-    check_keys(path, tensors, state_dict_to_published(model.state_dict(), cfg, rope_version))
-    model.load_state_dict(state_dict_from_published(tensors, cfg, rope_version))
+    load_checked(path, model, lambda sd: state_dict_to_published(sd, cfg, rope_version),
+                 lambda t: state_dict_from_published(t, cfg, rope_version))
     return model.eval()
 
 
