@@ -262,6 +262,46 @@ def report(
     out.print(f"report: {path}")
 
 
+@app.command()
+def scorecard(
+    arch_files: Optional[list[Path]] = typer.Argument(None, metavar="[ARCH.yaml]...", help="architecture files: name + model section"),
+    budget: str = typer.Option("tiny", help="tiny (2 CPU cores, ~1 h for 4 archs) | small (~1 GPU-day per arch) | paper"),
+    preset: Optional[str] = typer.Option(None, help="built-in architectures, e.g. paper-4.1"),
+    arch: list[str] = typer.Option([], "--arch", help="preset architectures to run (repeatable or comma-separated; default all)"),
+    task: list[str] = typer.Option([], "--task", help="tasks to run (repeatable or comma-separated; default all five)"),
+    jobs: int = typer.Option(1, min=1, help="parallel runs (CPU threads are shared fairly)"),
+    sc_out: Optional[Path] = typer.Option(None, "--out", help="output directory (default runs/scorecard-<budget>)"),
+) -> None:
+    """Run architectures through DEPO, BREVO, CAPO, MANO, LANO at a fixed budget (LR grid x seeds, best LR per
+    cell, resumable) and write scorecard.md + heatmap.png + per-task plots."""
+    from archlab.presets import TASKS, preset_archs
+    from archlab.scorecard import load_arch, plan, run_scorecard, write_report
+
+    split = lambda items: [x for item in items for x in item.split(",") if x]  # noqa: E731
+    try:
+        if arch and not preset:
+            raise ConfigError("--arch picks from a preset; give --preset too (e.g. --preset paper-4.1)")
+        archs = [load_arch(p) for p in arch_files or []] + (preset_archs(preset, split(arch)) if preset else [])
+        if not archs:
+            raise ConfigError("no architectures: give ARCH.yaml files and/or --preset paper-4.1")
+        out_dir = sc_out or Path("runs") / f"scorecard-{budget}"
+        cells = plan(archs, budget, split(task) or list(TASKS), out_dir)
+        n_runs = sum(len(c.lrs) * c.seeds for c, _ in cells)
+        out.print(f"{len(cells)} cells, {n_runs} runs -> {out_dir}")
+
+        def done(label, spec, row):
+            status = "[green]done[/]" if row["status"] == "done" else f"[red]failed[/]: {(row['error'] or '')[-200:]}"
+            console.print(f"{label} {spec.name}: {status}")
+
+        rows = run_scorecard(cells, jobs, on_done=done)
+        path = write_report(out_dir, f"{budget} budget", [a.name for a in archs])
+    except ConfigError as err:
+        fail(str(err))
+    n_failed = sum(r["status"] != "done" for r in rows)
+    out.print(path.read_text(), markup=False, highlight=False)
+    out.print(f"{len(rows)} runs this time ({n_failed} failed; earlier finished runs skipped). scorecard: {path}")
+
+
 data_app = typer.Typer(help="Inspect task data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

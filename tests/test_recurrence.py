@@ -208,3 +208,27 @@ def test_muon_takes_adapter_and_core_matrices():
     assert id(m.adapter.weight) in muon and id(m.core[0].mixer.wqkv.weight) in muon
     assert {id(m.embed.weight), id(m.head.weight), id(m.norm.weight)} <= adam
     assert opt.optimizers[1].param_groups[0]["lr"] == 1e-3 and opt.optimizers[0].param_groups[0]["lr"] == 5e-5
+
+
+def test_cli_eval_recurrence_sweep(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from archlab.cli import app
+    from archlab.config import load_config
+    from archlab.train import train
+
+    run = train(load_config(None, TRAIN + ["train.steps=2", f"out_dir={tmp_path}", "name=rec"])).run_dir
+    res = CliRunner().invoke(app, ["eval", str(run), "--recurrences", "1,2,4", "--batches", "1"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((run / "recurrence_sweep.json").read_text())
+    assert [r["r"] for r in rows] == [1, 2, 4] and (run / "recurrence_sweep.png").stat().st_size > 0
+    f = [r["flops_per_token"] for r in rows]
+    assert f[2] - f[1] == pytest.approx(2 * (f[1] - f[0]))  # linear in r
+    assert len({r["loss"] for r in rows}) == 3
+    bad = CliRunner().invoke(app, ["eval", str(run), "--recurrences", "0,2"])
+    assert bad.exit_code == 2 and "--recurrences" in bad.output
+    plain = train(load_config(None, TRAIN[:-1] + ["train.steps=1", f"out_dir={tmp_path}", "name=plain"])).run_dir
+    res = CliRunner().invoke(app, ["eval", str(plain), "--recurrences", "1,2"])
+    assert res.exit_code == 2 and "needs a recurrent model" in res.output
