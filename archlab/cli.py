@@ -94,7 +94,7 @@ def _run_config(run: Path) -> RunConfig:
 def _load_run_model(run: Path):
     """(cfg, model, task) from a run directory's newest intact checkpoint."""
     from archlab.checkpoint import latest_intact, load_model_weights
-    from archlab.model.lm import LM
+    from archlab.model.recurrence import build_lm
     from archlab.tasks import build_task
 
     cfg = _run_config(run)
@@ -103,7 +103,7 @@ def _load_run_model(run: Path):
         console.print(f"[yellow]skipping damaged checkpoint:[/] {msg}")
     if ckpt is None:
         fail(f"{run}: no intact checkpoint")
-    model = LM(cfg.model)
+    model = build_lm(cfg.model)
     try:
         load_model_weights(model, ckpt.path)
     except CheckpointError as err:
@@ -138,16 +138,19 @@ def train(
 def evaluate(
     run: Path = typer.Argument(..., help="run directory"),
     batches: int = typer.Option(8, help="evaluation batches"),
+    recurrences: Optional[str] = typer.Option(
+        None, help="recurrent models: test-time r values, e.g. 1,2,4,8; writes RUN/recurrence_sweep.{json,png}"
+    ),
 ) -> None:
     """Evaluate a run's newest checkpoint: held-out loss and the task's own metrics."""
-    from archlab.evaluate import masked_loss_eval
-    from archlab.tasks.base import Task
+    from archlab.evaluate import model_metrics
 
     cfg, model, task = _load_run_model(run)
     bs = cfg.train.batch_size // cfg.train.grad_accum
-    metrics = masked_loss_eval(model, task, "val", cfg.seed, batches, bs)
-    if type(task).evaluate is not Task.evaluate:
-        metrics.update(task.evaluate(model, cfg.seed, batches, bs))
+    if recurrences is not None:
+        _eval_recurrences(run, cfg, model, task, recurrences, batches, bs)
+        return
+    metrics = model_metrics(model, task, cfg.seed, batches, bs)
     table = Table("metric", "value", title=f"{run} ({cfg.data.name})")
     for k, v in _round(metrics).items():
         table.add_row(k, str(v))
@@ -178,6 +181,64 @@ def generate(
     g = torch.Generator().manual_seed(seed)
     outp = model.generate(torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k, generator=g)
     out.print(task.decode(outp[0].tolist()), highlight=False, markup=False)
+
+
+def _eval_recurrences(run: Path, cfg: RunConfig, model: Any, task: Any, recurrences: str, batches: int, bs: int) -> None:
+    """Table + plot of the metrics at each test-time recurrence r."""
+    from archlab.evaluate import recurrence_sweep
+    from archlab.plots import plot_recurrence_sweep
+
+    if cfg.model.recurrence is None:
+        fail(f"{run}: --recurrences needs a recurrent model (model.recurrence is not set)")
+    try:
+        rs = [int(r) for r in recurrences.split(",")]
+    except ValueError:
+        rs = []
+    if not rs or min(rs) < 1:
+        fail(f"--recurrences: expected comma-separated integers >= 1, got {recurrences!r}")
+    rows = recurrence_sweep(model, task, cfg.seed, rs, batches, bs, cfg.train.seq_len)
+    (run / "recurrence_sweep.json").write_text(json.dumps(rows, indent=1))
+    plot = plot_recurrence_sweep({run.name: rows}, run / "recurrence_sweep.png")
+    keys = [k for k in rows[0] if k not in ("r", "tokens")]
+    table = Table("r", *keys, title=f"{run} ({cfg.data.name}), trained at mean r = {cfg.model.recurrence.mean_recurrence}")
+    for row in rows:
+        table.add_row(str(row["r"]), *(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys))
+    out.print(table)
+    out.print(f"plot: {plot}")
+
+
+@app.command()
+def retrofit(
+    hf_dir: Path = typer.Argument(..., help="HF Llama directory (config.json + safetensors, as save_pretrained writes)"),
+    out_dir: Path = typer.Option(..., "--out", help="output directory (model.safetensors, model.yaml, retrofit.json)"),
+    layers: str = typer.Option("2,4,2", help="P,R,C: first P layers, the R before the last C, the last C (paper's rule)"),
+    prelude: Optional[str] = typer.Option(None, help="explicit prelude source layers, e.g. 0,1 (overrides the rule)"),
+    core: Optional[str] = typer.Option(None, help="explicit core source layers, e.g. 10-13"),
+    coda: Optional[str] = typer.Option(None, help="explicit coda source layers, e.g. 14,15"),
+    adapter_init: str = typer.Option("default", help="default (nn.Linear, as the paper) | identity ([0|I]: r=1 = truncated model)"),
+    mean_recurrence: int = typer.Option(4, min=1, help="model.recurrence.mean_recurrence of the result"),
+    seed: int = typer.Option(0, help="seed of the adapter init"),
+) -> None:
+    """Model surgery: turn a pretrained Llama into a prelude / recurrent core / coda model.
+
+    Then heal it: archlab train RECIPE model.init_from=OUT (RECIPE's model section as in OUT/model.yaml).
+    """
+    from archlab import retrofit as rf
+
+    try:
+        sizes = [int(x) for x in layers.split(",")]
+        if len(sizes) != 3 or min(sizes) < 0:
+            raise ValueError
+    except ValueError:
+        fail(f"--layers: expected P,R,C (three integers >= 0), got {layers!r}")
+    try:
+        explicit = {part: rf.parse_layers(text, f"--{part}") for part, text in zip(rf.PARTS, (prelude, core, coda)) if text is not None}
+        model, chosen = rf.retrofit(hf_dir, tuple(sizes), explicit, adapter_init, seed, {"mean_recurrence": mean_recurrence})
+    except (ValueError, OSError) as err:
+        fail(str(err))
+    path = rf.save(model, out_dir, hf_dir, chosen)
+    out.print(f"prelude {chosen['prelude']}, core {chosen['core']}, coda {chosen['coda']}; {model.num_params():,} parameters")
+    out.print(f"wrote {path}; heal it with: archlab train RECIPE model.init_from={path}")
 
 
 @app.command()

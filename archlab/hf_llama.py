@@ -64,6 +64,7 @@ def llama_config_from(cfg: ModelConfig) -> "LlamaConfig":
         msg
         for bad, msg in [
             (m.name != "attention", f"mixer {m.name!r}"),
+            (cfg.recurrence is not None, "recurrence"),
             (cfg.canon != "", f"canon={cfg.canon!r}"),
             (cfg.residual != "pre", f"residual={cfg.residual!r}"),
             (cfg.mlp != "swiglu", f"mlp={cfg.mlp!r}"),
