@@ -241,6 +241,25 @@ def retrofit(
     out.print(f"wrote {path}; heal it with: archlab train RECIPE model.init_from={path}")
 
 
+@app.command("import")
+def import_(
+    path: Path = typer.Argument(..., help="checkpoint directory: config.json + model.safetensors (or shards + index)"),
+    run_dir: Path = typer.Option(..., "--out", help="run directory to create (config.yaml + step_0/)"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="llama-canon | raven (default: from config.json's model_type)"),
+) -> None:
+    """Import a published checkpoint (PhysicsLM4 LlamaCanon, plain Llama, retrofitted recurrence) as a run.
+
+    Then: archlab eval RUN, archlab generate RUN, or archlab train RUN/config.yaml to keep training.
+    """
+    from archlab.formats.run_import import import_checkpoint
+
+    try:
+        name, model = import_checkpoint(path, run_dir, fmt)
+    except (ValueError, OSError) as err:  # FormatError / ConfigError are ValueErrors
+        fail(str(err))
+    out.print(f"imported {path} ({name}, {model.num_params():,} parameters) into {run_dir}/step_0")
+
+
 @app.command()
 def info(
     config: Optional[Path] = typer.Argument(None, help="YAML recipe (optional)"),

@@ -380,3 +380,37 @@ def test_raven_and_llama_canon_refuse_each_others_models(tmp_path):
     rec = RecurrentLM(ModelConfig(vocab_size=V, d_model=D, n_layers=3, recurrence={"prelude": 1, "core": 1, "coda": 1}))
     with pytest.raises(FormatError, match="model.recurrence is set"):
         FORMATS["llama-canon"].save(rec, tmp_path / "b")
+
+
+# ---------------------------------------------------------------- archlab import
+
+@pytest.mark.parametrize("fmt", ["llama-canon", "raven"])
+def test_cli_import_writes_a_run_with_the_same_logits(tmp_path, fmt):
+    from typer.testing import CliRunner
+
+    from archlab.checkpoint import latest_intact, load_model_weights
+    from archlab.cli import app
+    from archlab.config import load_config
+    from archlab.model.recurrence import RecurrentLM, build_lm
+
+    if fmt == "raven":
+        model = RecurrentLM(ModelConfig(vocab_size=V, d_model=D, n_layers=3, recurrence={"prelude": 1, "core": 1, "coda": 1, "state_init_std": 0.0}))
+    else:
+        model = LM(ModelConfig(vocab_size=V, d_model=D, n_layers=L, canon="AB", mixer={"name": "attention", "n_heads": H, "qk_norm": True}))
+    FORMATS[fmt].save(model.eval(), tmp_path / "ckpt")
+    result = CliRunner().invoke(app, ["import", str(tmp_path / "ckpt"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert f"({fmt}, {model.num_params():,} parameters)" in result.output
+    cfg = load_config(tmp_path / "run" / "config.yaml")
+    ckpt, _ = latest_intact(tmp_path / "run")
+    assert ckpt.step == 0 and ckpt.state["format"] == fmt
+    run_model = build_lm(cfg.model)
+    load_model_weights(run_model, ckpt.path)
+    with torch.no_grad():
+        torch.testing.assert_close(run_model.eval()(IDS)[0], model(IDS)[0], atol=1e-5, rtol=1e-5)
+    again = CliRunner().invoke(app, ["import", str(tmp_path / "ckpt"), "--out", str(tmp_path / "run")])
+    assert again.exit_code == 2 and "already holds checkpoints" in again.output
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    odd = CliRunner().invoke(app, ["import", str(tmp_path / "odd"), "--out", str(tmp_path / "run2")])
+    assert odd.exit_code == 2 and "model_type='gpt2'" in odd.output
