@@ -100,8 +100,11 @@ class RecurrentLM(LM):
 
     @contextmanager
     def depth(self, r: int | None = None, n_grad: int | None = None) -> Iterator[None]:
-        """Default ``r`` / ``n_grad`` for calls inside the block (used by loss / generate, which call ``hidden``)."""
-        old, self._depth = self._depth, (r, n_grad)
+        """Default ``r`` / ``n_grad`` for calls inside the block (used by loss / generate, which call ``hidden``).
+
+        None keeps the enclosing block's value."""
+        old = self._depth
+        self._depth = (old[0] if r is None else r, old[1] if n_grad is None else n_grad)
         try:
             yield
         finally:
