@@ -2,7 +2,8 @@
 
 A checkpoint is first written into a hidden temporary folder and renamed into place only when complete,
 so a crash mid-write never leaves a half checkpoint under a real name, and older checkpoints are deleted
-only after the new one exists. ``state.json`` records the schema version, step, resolved config, RNG states
+only after the new one exists; a failed write (disk full) removes only its own temporary folder. Weights
+with NaN/Inf are never written. ``state.json`` records the schema version, step, resolved config, RNG states
 and a SHA-256 of every file, so truncation or flipped bytes are detected with a message naming the file.
 Nothing is unpickled: weights are safetensors and the optimiser state is loaded with ``weights_only=True``.
 """
@@ -13,6 +14,7 @@ import base64
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 from dataclasses import dataclass
@@ -77,29 +79,66 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file (or a directory's entries) to disk, so a finished checkpoint survives a power cut too."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding NaN or Inf."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def save_checkpoint(
     run_dir: Path, step: int, model: nn.Module, optim_state: Any, extra: dict[str, Any], keep_last: int
 ) -> Path:
-    """Write ``run_dir/step_{step}`` atomically, then prune to the newest ``keep_last`` checkpoints."""
+    """Write ``run_dir/step_{step}`` atomically, then prune to the newest ``keep_last`` checkpoints.
+
+    Refuses non-finite weights. On a write failure (disk full, unwritable directory) the temporary folder is
+    removed, every existing checkpoint is left as it was, and a CheckpointError names the file and the cause.
+    """
     final = run_dir / f"step_{step}"
     tmp = run_dir / f".tmp_step_{step}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / MODEL_FILE)
-    torch.save(optim_state, tmp / OPTIM_FILE)
-    state = {
-        "schema_version": SCHEMA_VERSION,
-        "step": step,
-        "rng": rng_state(),
-        "files": {name: {"sha256": sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in (MODEL_FILE, OPTIM_FILE)},
-        **extra,
-    }
-    write_json_atomic(tmp / STATE_FILE, state)
-    if final.exists():  # an older checkpoint of the same step (e.g. re-run after resume): replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(run_dir)[:-keep_last]:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(f"{final}: refusing to save non-finite weights ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})")
+    current = tmp
+    try:
+        for stale in run_dir.glob(".tmp_step_*"):  # left by a process killed mid-write
+            shutil.rmtree(stale)
+        tmp.mkdir(parents=True)
+        current = tmp / MODEL_FILE
+        save_file(tensors, current)
+        current = tmp / OPTIM_FILE
+        torch.save(optim_state, current)
+        for name in (MODEL_FILE, OPTIM_FILE):
+            _fsync(tmp / name)
+        state = {
+            "schema_version": SCHEMA_VERSION,
+            "step": step,
+            "rng": rng_state(),
+            "files": {name: {"sha256": sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in (MODEL_FILE, OPTIM_FILE)},
+            **extra,
+        }
+        current = tmp / STATE_FILE
+        write_json_atomic(current, state)
+        current = final
+        if final.exists():  # a damaged checkpoint of the same step (skipped on resume): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(run_dir)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = [p.name for p in list_checkpoints(run_dir)]
+        raise CheckpointError(
+            f"{current}: cannot write checkpoint ({err.strerror or err}); existing checkpoints left untouched: {kept or 'none'}"
+        ) from None
+    for old in list_checkpoints(run_dir)[:-keep_last]:  # only now that the new checkpoint is complete
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -121,16 +160,22 @@ def read_checkpoint(path: Path) -> Checkpoint:
         state = json.loads(state_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{state_path}: not valid JSON ({err})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{state_path}: expected a JSON object, got {type(state).__name__}")
     version = state.get("schema_version")
     if version != SCHEMA_VERSION:
         raise CheckpointError(f"{state_path}: schema version {version!r}, this archlab reads version {SCHEMA_VERSION}")
-    for name, meta in state.get("files", {}).items():
+    files = state.get("files")
+    if (not isinstance(files, dict) or sorted(files) != sorted((MODEL_FILE, OPTIM_FILE))
+            or not all(isinstance(m, dict) for m in files.values()) or not isinstance(state.get("step"), int)):
+        raise CheckpointError(f"{state_path}: malformed (needs 'step' and checksums of {MODEL_FILE} and {OPTIM_FILE})")
+    for name, meta in files.items():
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{f}: missing")
-        if f.stat().st_size != meta["bytes"]:
-            raise CheckpointError(f"{f}: truncated or resized ({f.stat().st_size} bytes, expected {meta['bytes']})")
-        if sha256(f) != meta["sha256"]:
+        if f.stat().st_size != meta.get("bytes"):
+            raise CheckpointError(f"{f}: truncated or resized ({f.stat().st_size} bytes, expected {meta.get('bytes')})")
+        if sha256(f) != meta.get("sha256"):
             raise CheckpointError(f"{f}: checksum mismatch (corrupted bytes)")
     return Checkpoint(path, state)
 
@@ -163,8 +208,13 @@ def load_model_weights(model: nn.Module, ckpt_path: Path) -> None:
 
 
 def load_optim_state(ckpt_path: Path) -> Any:
+    """The optimiser state, unpickled with ``weights_only=True``: code objects in the file are refused, never run."""
     f = ckpt_path / OPTIM_FILE
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [ln for ln in str(err).splitlines() if ln.strip()]  # torch's reason is the line after its preamble
+        reason = next((ln for ln in lines if "unsupported" in ln.lower()), lines[0] if lines else "")
+        raise CheckpointError(f"{f}: refused to unpickle (not plain tensors: {reason.strip()})") from None
     except Exception as err:  # torch raises several types for bad archives
-        raise CheckpointError(f"{f}: unreadable optimiser state ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"{f}: unreadable optimiser state ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None

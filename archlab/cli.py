@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -14,6 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -35,7 +37,7 @@ out = Console()
 
 
 def fail(msg: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)  # one line, even past the width
     raise typer.Exit(code)
 
 
@@ -126,7 +128,7 @@ def train(
     cfg = _load(config, overrides)
     try:
         result = run_train(cfg, run_dir, resume=resume, progress=RichProgress())
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
+    except (CheckpointError, OSError, ValueError) as err:  # OSError: unwritable run dir, missing data files
         fail(str(err))
     except TrainingDiverged as err:
         fail(str(err), code=1)
@@ -338,6 +340,8 @@ def report(
         path = build_report(sweep_dir, metric, lr_key, higher_is_better)
     except FileNotFoundError as err:
         fail(str(err))
+    except sqlite3.DatabaseError as err:  # e.g. a file that is not SQLite at all; nothing in it is unpickled
+        fail(f"{sweep_dir / 'results.sqlite'}: not a readable results table ({err})")
     out.print(path.read_text(), markup=False, highlight=False)
     out.print(f"report: {path}")
 
@@ -395,8 +399,6 @@ def data_show(
     step: int = typer.Option(0, min=0, help="stream position"),
 ) -> None:
     """Print decoded samples; loss-bearing (answer) tokens are highlighted in green."""
-    from rich.markup import escape
-
     from archlab.tasks import build_task
 
     cfg = _load(None, [f"data.name={task_name}", *(overrides or [])])

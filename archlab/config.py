@@ -173,6 +173,8 @@ class TrainConfig(Section):
     log_norms: bool = Field(False, description="add per-block activation RMS and grad norms to the metrics on log steps")
     nonfinite: Literal["stop", "skip"] = Field("stop", description="a step with NaN/Inf loss or gradients: stop, or skip its update")
     max_skipped_steps: int = Field(10, ge=0, description="nonfinite=skip: stop once this many steps of the run were skipped")
+    nonfinite: Literal["stop", "skip"] = Field("stop", description="a step with NaN/Inf loss or gradients: stop, or skip its update")
+    max_skipped_steps: int = Field(10, ge=0, description="nonfinite=skip: stop once this many steps of the run were skipped")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -267,8 +269,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
             tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{p}: not valid YAML: {err}") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{p}: not valid UTF-8 text (byte {err.start})") from None
+        except yaml.YAMLError as err:  # one line: the problem and where, not PyYAML's multi-line report
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{p}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(tree).__name__}")
     return build_config(apply_overrides(tree, overrides or []))

@@ -89,7 +89,7 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> Optimizers:
     groups: dict[str, dict[str, Any]] = {}
 
     def add(key: str, p: nn.Parameter, **opts: Any) -> None:
-        groups.setdefault(key, {"params": [], **opts})["params"].append(p)
+        groups.setdefault(key, {"params": [], "name": key, **opts})["params"].append(p)
 
     clip_params: list[nn.Parameter] = []
     for p in model.parameters():

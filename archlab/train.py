@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from archlab.checkpoint import (
     write_json_atomic,
 )
 from archlab.config import RunConfig
+from archlab.divergence import DivergenceGuard, TrainingDiverged
 from archlab.evaluate import autocast_context, masked_loss_eval
 from archlab.model.lm import LM
 from archlab.model.recurrence import build_lm
@@ -40,10 +40,6 @@ from archlab.tasks import build_task
 from archlab.tasks.base import Task
 
 log = logging.getLogger("archlab.train")
-
-
-class TrainingDiverged(RuntimeError):
-    """Loss or gradient norm became NaN/Inf; the message names the step."""
 
 
 class Progress(Protocol):
@@ -65,6 +61,8 @@ class TrainResult:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name}: CUDA is not available on this machine (use auto or cpu)")
     return torch.device(name)
 
 
@@ -84,7 +82,7 @@ def build_model(cfg: RunConfig, task: Task) -> tuple[LM, RunConfig]:
 
 
 # Settings that may change between a run and its resumption without changing what is computed.
-RESUME_FREE_KEYS = {"out_dir": None, "name": None, "train": ("steps", "threads", "log_every", "ckpt_every", "keep_last")}
+RESUME_FREE_KEYS = {"out_dir": None, "name": None, "train": ("steps", "threads", "log_every", "ckpt_every", "keep_last", "nonfinite", "max_skipped_steps")}
 
 
 def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
@@ -98,15 +96,42 @@ def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            flat.update(_flat(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def config_diff(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """'key: saved -> now' for every setting that changes the computation."""
+    a, b = _flat(_comparable(saved)), _flat(_comparable(now))
+    return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in sorted(set(a) | set(b)) if k not in a or k not in b or a[k] != b[k]]
+
+
+def _refuse_if_different(path: Path, saved: Any, cfg: RunConfig, what: str) -> None:
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: does not hold a config mapping")
+    diffs = config_diff(saved, cfg.to_dict())
+    if diffs:
+        more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+        raise CheckpointError(f"{path}: {what} a different config ({'; '.join(diffs[:4])}{more}); use a new run name")
+
+
 def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
     """Refuse to resume a run directory whose saved config differs in anything that changes the computation."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved, now = _comparable(yaml.safe_load(saved_path.read_text())), _comparable(cfg.to_dict())
-    if saved != now:
-        diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
-        raise CheckpointError(f"{saved_path}: run directory holds a different config (sections {diffs}); use a new run name")
+    try:
+        saved = yaml.safe_load(saved_path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{saved_path}: unreadable ({type(err).__name__}); use a new run name") from None
+    _refuse_if_different(saved_path, saved, cfg, "run directory holds")
 
 
 def train(
@@ -139,6 +164,7 @@ def train(
     start_step = 0
     if resume == "never" and list_checkpoints(run_dir):
         raise CheckpointError(f"{run_dir}: already holds checkpoints; resume it or choose a new run name")
+    guard = DivergenceGuard(tc.nonfinite, tc.max_skipped_steps)
     if resume != "never":
         if resume == "auto":
             if run_dir.exists():
@@ -146,13 +172,18 @@ def train(
             ckpt, skipped = latest_intact(run_dir)
             for msg in skipped:
                 log.warning("skipping damaged checkpoint: %s", msg)
+            if skipped:
+                log.warning("falling back to %s", ckpt.path if ckpt else "a fresh start (no intact checkpoint left)")
         else:
             ckpt = read_checkpoint(Path(resume))
         if ckpt is not None:
+            if "config" in ckpt.state:
+                _refuse_if_different(ckpt.path / "state.json", ckpt.state["config"], cfg, "checkpoint was trained with")
             load_model_weights(model, ckpt.path)
             opt.load_state_dict(load_optim_state(ckpt.path))
             set_rng_state(ckpt.state["rng"])
             start_step = ckpt.step
+            guard.skipped = int(ckpt.state.get("skipped_steps", 0))
             log.info("resumed from %s (step %d)", ckpt.path, start_step)
     if start_step == 0 and cfg.model.init_from:  # start from given weights (e.g. `archlab retrofit` output)
         load_model_weights(model, Path(cfg.model.init_from))
@@ -189,13 +220,11 @@ def train(
                 loss.backward()
                 loss_sum += loss.detach()
             loss_value = float(loss_sum)
-            grad_norm = opt.clip()
-            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-                raise TrainingDiverged(
-                    f"step {step}: loss={loss_value} grad_norm={grad_norm} is not finite; "
-                    f"training stopped, the last good checkpoint in {run_dir} is kept"
-                )
-            opt.step()
+            if guard.should_skip(step, loss_value, model, opt):  # raises TrainingDiverged under policy stop
+                grad_norm = float("nan")
+            else:
+                grad_norm = opt.clip()
+                opt.step()
             opt.zero_grad()
             dt = time.perf_counter() - t0
             done = step + 1
@@ -203,6 +232,8 @@ def train(
                       "tok_per_s": tokens_per_step / dt, "step_time": dt, "tokens": done * tokens_per_step}
             if any(draws):  # e.g. depth recurrence: r and n_grad of each micro-batch
                 record["micro_batch_args"] = draws
+            if guard.skipped:
+                record["skipped_steps"] = guard.skipped
             if norm_stats is not None and (done % tc.log_every == 0 or done == end_step):
                 record["norms"] = norm_stats.collect()
             if tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:
@@ -213,7 +244,7 @@ def train(
             if progress:
                 progress.update(done, record)
             if (tc.ckpt_every and done % tc.ckpt_every == 0) or done == end_step:
-                save_checkpoint(run_dir, done, model, opt.state_dict(), {"config": cfg.to_dict(), "metrics": record}, tc.keep_last)
+                save_checkpoint(run_dir, done, model, opt.state_dict(), {"config": cfg.to_dict(), "metrics": record, "skipped_steps": guard.skipped}, tc.keep_last)
     if progress:
         progress.close()
 
