@@ -173,8 +173,6 @@ class TrainConfig(Section):
     log_norms: bool = Field(False, description="add per-block activation RMS and grad norms to the metrics on log steps")
     nonfinite: Literal["stop", "skip"] = Field("stop", description="a step with NaN/Inf loss or gradients: stop, or skip its update")
     max_skipped_steps: int = Field(10, ge=0, description="nonfinite=skip: stop once this many steps of the run were skipped")
-    nonfinite: Literal["stop", "skip"] = Field("stop", description="a step with NaN/Inf loss or gradients: stop, or skip its update")
-    max_skipped_steps: int = Field(10, ge=0, description="nonfinite=skip: stop once this many steps of the run were skipped")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
