@@ -90,8 +90,7 @@ def cell_columns(task: str, data: dict[str, Any]) -> tuple[str, list[str]]:
         k = data["k_max"]
         return headline, [headline] + ([f"acc_k{k // 2}"] if k > 1 else [])
     if task == "mano":  # one-operation expressions are all training data (no test instances): ℓ >= 2
-        lmax = data["l_max"]
-        return f"acc_l{lmax}", [f"acc_l{ell}" for ell in range(min(2, lmax), lmax + 1)]
+        return headline, [f"acc_l{ell}" for ell in range(min(2, data["l_max"]), data["l_max"] + 1)]
     return headline, [headline]
 
 
@@ -170,6 +169,7 @@ class CellResult:
     runs_failed: int
     tokens: int  # trained, over every run of the cell
     wall_time: float  # seconds, over every run of the cell
+    done: list[dict[str, Any]]  # the finished runs' rows (every LR)
 
 
 def summarize(cell: Cell, rows: list[dict[str, Any]]) -> CellResult:
@@ -182,7 +182,7 @@ def summarize(cell: Cell, rows: list[dict[str, Any]]) -> CellResult:
     best = max(scored, key=scored.__getitem__) if scored else None
     values = {c: [m for r in by_lr.get(best, []) if (m := metric_of(r, c)) is not None] for c in cell.columns}
     return CellResult(cell, best, values, len(done), len(rows) - len(done), sum(r["tokens"] or 0 for r in done),
-                      sum(r["wall_time"] or 0.0 for r in rows))
+                      sum(r["wall_time"] or 0.0 for r in rows), done)
 
 
 def collect(out: Path) -> list[CellResult]:
@@ -263,7 +263,7 @@ def plot_heatmap(results: list[CellResult], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_task(results: list[CellResult], out: Path, task: str, path: Path) -> None:
+def plot_task(results: list[CellResult], task: str, path: Path) -> None:
     """Headline metric against LR per architecture (the whole grid, mean ± std over seeds), and for tasks with
     several matrix columns (Depo k, Mano ℓ) those columns at the best LR."""
     from archlab.plots import plt
@@ -272,10 +272,9 @@ def plot_task(results: list[CellResult], out: Path, task: str, path: Path) -> No
     many = len(cells[0].cell.columns) > 1
     fig, axes = plt.subplots(1, 2 if many else 1, figsize=(11 if many else 6, 4), dpi=120, squeeze=False)
     for r in cells:
-        rows = [x for x in load_results(out / r.cell.arch / task) if x["status"] == "done"]
         pts = []
-        for lr in sorted({x["params"][LR_KEY] for x in rows}):
-            vals = [m for x in rows if x["params"][LR_KEY] == lr and (m := metric_of(x, r.cell.headline)) is not None]
+        for lr in sorted({x["params"][LR_KEY] for x in r.done}):
+            vals = [m for x in r.done if x["params"][LR_KEY] == lr and (m := metric_of(x, r.cell.headline)) is not None]
             if vals:
                 pts.append((lr, *mean_std(vals)))
         if pts:
@@ -290,7 +289,8 @@ def plot_task(results: list[CellResult], out: Path, task: str, path: Path) -> No
         axes[0][1].set(xlabel="k (hops)" if task == "depo" else "ℓ (operations)", ylabel="accuracy", title=f"{task}: per column at the best LR")
     for ax in axes[0]:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -306,7 +306,7 @@ def write_report(out: Path, title: str, arch_order: list[str] | None = None) -> 
              "![heatmap](heatmap.png)", ""]
     plot_heatmap(results, out / "heatmap.png")
     for task in [t for t in TASKS if any(r.cell.task == t for r in results)]:
-        plot_task(results, out, task, out / f"task_{task}.png")
+        plot_task(results, task, out / f"task_{task}.png")
         lines.append(f"![{task}](task_{task}.png)")
     path = out / MATRIX_MD
     path.write_text("\n".join(lines) + "\n")
