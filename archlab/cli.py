@@ -418,6 +418,36 @@ def data_show(
         out.print("".join(runs), highlight=False)
 
 
+@data_app.command("prepare")
+def data_prepare(
+    sources: Optional[list[str]] = typer.Argument(None, help="files, directories, .jsonl, .parquet, saved datasets; none = Python stdlib"),
+    out_dir: Path = typer.Option(..., "--out", help="dataset directory to create (then: data.dataset=DIR)"),
+    tokenizer: str = typer.Option("byte", help="byte | bpe (trained on the corpus) | a local HF tokenizer directory"),
+    vocab_size: int = typer.Option(8192, min=257, help="bpe: vocabulary size"),
+    glob: str = typer.Option("*.py", help="files to read under directories"),
+    text_field: str = typer.Option("text", help="jsonl field / parquet or dataset column with the text"),
+    max_bytes: Optional[int] = typer.Option(None, min=1, help="read at most this many bytes of text"),
+    val_fraction: float = typer.Option(0.05, min=0.0, max=0.5, help="every 1/f-th document is held out"),
+    shard_tokens: int = typer.Option(1 << 26, min=1, help="tokens per shard file"),
+) -> None:
+    """Tokenise a local corpus once into memory-mapped shards with a manifest (document boundaries kept)."""
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+
+    from archlab.data.prepare import prepare_corpus
+
+    bar = Progress(TextColumn("[bold]tokenising"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn(), console=console)
+    try:
+        with bar:
+            task = bar.add_task("tokenising", total=max_bytes)
+            manifest = prepare_corpus(list(sources or []), out_dir, tokenizer, vocab_size, glob, text_field, max_bytes,
+                                      val_fraction, shard_tokens, on_progress=lambda n: bar.advance(task, n))
+    except (OSError, ValueError, ImportError) as err:
+        fail(str(err))
+    counts = {s: sum(e["tokens"] for e in entries) for s, entries in manifest["splits"].items()}
+    out.print(f"{out_dir}: {manifest['bytes']:,} bytes -> {counts} tokens, vocab {manifest['vocab_size']} ({tokenizer})")
+    out.print(f"next: archlab train configs/text_tiny.yaml data.dataset={out_dir}")
+
+
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), help="where the runs and the plot go"),

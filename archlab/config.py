@@ -171,6 +171,9 @@ class TrainConfig(Section):
     threads: int | None = Field(None, gt=0, description="torch CPU threads; None = torch default")
     deterministic: bool = False
     log_norms: bool = Field(False, description="add per-block activation RMS and grad norms to the metrics on log steps")
+    parallel: Literal["none", "ddp", "fsdp"] = Field(
+        "none", description="under torchrun: DDP or FSDP2 (fully_shard per block); ddp/fsdp also write DCP checkpoints"
+    )
     nonfinite: Literal["stop", "skip"] = Field("stop", description="a step with NaN/Inf loss or gradients: stop, or skip its update")
     max_skipped_steps: int = Field(10, ge=0, description="nonfinite=skip: stop once this many steps of the run were skipped")
 

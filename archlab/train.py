@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,18 @@ from archlab.checkpoint import (
     write_json_atomic,
 )
 from archlab.config import RunConfig
+from archlab.distributed import (
+    Dist,
+    barrier,
+    close_distributed,
+    global_mean,
+    init_distributed,
+    is_sharded,
+    load_sharded,
+    rank_rows,
+    save_sharded,
+    wrap_model,
+)
 from archlab.divergence import DivergenceGuard, TrainingDiverged
 from archlab.evaluate import autocast_context, masked_loss_eval
 from archlab.model.lm import LM
@@ -82,7 +95,7 @@ def build_model(cfg: RunConfig, task: Task) -> tuple[LM, RunConfig]:
 
 
 # Settings that may change between a run and its resumption without changing what is computed.
-RESUME_FREE_KEYS = {"out_dir": None, "name": None, "train": ("steps", "threads", "log_every", "ckpt_every", "keep_last", "nonfinite", "max_skipped_steps")}
+RESUME_FREE_KEYS = {"out_dir": None, "name": None, "train": ("steps", "threads", "log_every", "ckpt_every", "keep_last", "parallel", "nonfinite", "max_skipped_steps")}
 
 
 def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
@@ -144,10 +157,21 @@ def train(
     """Train per ``cfg``. resume: 'auto' (newest intact checkpoint, if any), 'never', or a checkpoint path.
 
     ``stop_after`` ends the process's work after that many total steps (checkpointing there), as if killed.
+    Under torchrun, every process calls this; see archlab/distributed.py.
     """
+    d, device = init_distributed(resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, run_dir, resume, progress if d.is_main else None, stop_after, d, device)
+    finally:
+        close_distributed(d)
+
+
+def _train(cfg: RunConfig, run_dir: str | Path | None, resume: str, progress: Progress | None, stop_after: int | None,
+           d: Dist, device: torch.device) -> TrainResult:
     t_start = time.time()
     tc = cfg.train
-    device = resolve_device(tc.device)
+    if d.active and tc.parallel == "none":
+        raise ValueError(f"launched with {d.world} processes but train.parallel=none; set train.parallel=ddp or fsdp")
     if tc.threads:
         torch.set_num_threads(tc.threads)
     if tc.deterministic:
@@ -157,6 +181,7 @@ def train(
     task = build_task(cfg.data, tc.seq_len)
     model, cfg = build_model(cfg, task)
     model.to(device)
+    loss_fn = wrap_model(model, tc.parallel, d, device)  # model.loss, wrapped by DDP / FSDP2 under torchrun
     opt = build_optimizers(model, cfg.optim)
 
     # ---- run directory and resume
@@ -179,22 +204,32 @@ def train(
         if ckpt is not None:
             if "config" in ckpt.state:
                 _refuse_if_different(ckpt.path / "state.json", ckpt.state["config"], cfg, "checkpoint was trained with")
-            load_model_weights(model, ckpt.path)
-            opt.load_state_dict(load_optim_state(ckpt.path))
+            if is_sharded(ckpt.path):  # DCP: re-sharded to this job's process count
+                load_sharded(ckpt.path, model, opt.optimizers)
+            elif d.active:
+                raise CheckpointError(f"{ckpt.path}: not a DCP checkpoint; a torchrun job resumes only from runs with train.parallel=ddp|fsdp")
+            else:
+                load_model_weights(model, ckpt.path)
+                opt.load_state_dict(load_optim_state(ckpt.path))
             set_rng_state(ckpt.state["rng"])
             start_step = ckpt.step
             guard.skipped = int(ckpt.state.get("skipped_steps", 0))
             log.info("resumed from %s (step %d)", ckpt.path, start_step)
     if start_step == 0 and cfg.model.init_from:  # start from given weights (e.g. `archlab retrofit` output)
         load_model_weights(model, Path(cfg.model.init_from))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    write_json_atomic(run_dir / "run.json", run_info(device, {"n_params": model.num_params(), "resumed_from_step": start_step, "optimizer_groups": opt.summary}))
     metrics_path = run_dir / "metrics.jsonl"
-    truncate_metrics(metrics_path, start_step)
+    barrier(d)  # every rank has read the run directory before rank 0 writes into it
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_json_atomic(run_dir / "run.json", run_info(device, {"n_params": model.num_params(), "resumed_from_step": start_step,
+                                                                  "optimizer_groups": opt.summary, "world_size": d.world}))
+        truncate_metrics(metrics_path, start_step)
 
     # ---- loop
-    micro = tc.batch_size // tc.grad_accum
+    rows = rank_rows(tc.batch_size, d)  # this rank's rows of the global batch
+    micro = (rows.stop - rows.start) // tc.grad_accum
+    eval_bs = tc.batch_size // tc.grad_accum  # the same eval batches on every rank, whatever the world size
     tokens_per_step = tc.batch_size * tc.seq_len
     end_step = tc.steps if stop_after is None else min(tc.steps, stop_after)
     if progress:
@@ -202,24 +237,24 @@ def train(
     model.train()
     norm_stats = NormStats(model) if tc.log_norms else None
     loss_value, record = float("nan"), {}
-    with open(metrics_path, "a") as metrics_file:
+    with open(metrics_path if d.is_main else os.devnull, "a") as metrics_file:
         for step in range(start_step, end_step):
             t0 = time.perf_counter()
             lr_mult = lr_factor(step, tc.steps, cfg.optim)
             opt.set_lr(lr_mult)
             tokens, mask = task.batch("train", cfg.seed, 0, step, tc.batch_size)
-            tokens, mask = tokens.to(device), mask.to(device)
-            normaliser = mask[:, 1:].sum().clamp_min(1)
+            normaliser = mask[:, 1:].sum().clamp_min(1).to(device) / d.world  # DDP / FSDP average gradients over ranks
+            tokens, mask = tokens[rows].to(device), mask[rows].to(device)
             loss_sum = torch.zeros((), device=device)
             draws: list[dict[str, Any]] = []  # per-micro-batch model arguments, a pure function of (seed, step, i)
             for i in range(tc.grad_accum):
                 tk, mk = tokens[i * micro : (i + 1) * micro], mask[i * micro : (i + 1) * micro]
                 draws.append(model.micro_batch_args(cfg.seed, step, i, tc.steps) if hasattr(model, "micro_batch_args") else {})
                 with autocast_context(device, tc.precision):
-                    loss = model.loss(tk[:, :-1], tk[:, 1:], mk[:, 1:], normaliser=normaliser, **draws[-1])
+                    loss = loss_fn(tk[:, :-1], tk[:, 1:], mk[:, 1:], normaliser, **draws[-1])
                 loss.backward()
                 loss_sum += loss.detach()
-            loss_value = float(loss_sum)
+            loss_value = float(global_mean(loss_sum, d))
             if guard.should_skip(step, loss_value, model, opt):  # raises TrainingDiverged under policy stop
                 grad_norm = float("nan")
             else:
@@ -237,23 +272,28 @@ def train(
             if norm_stats is not None and (done % tc.log_every == 0 or done == end_step):
                 record["norms"] = norm_stats.collect()
             if tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:
-                record["val_loss"] = masked_loss_eval(model, task, "val", cfg.seed, tc.eval_batches, micro, tc.precision)["loss"]
+                record["val_loss"] = masked_loss_eval(model, task, "val", cfg.seed, tc.eval_batches, eval_bs, tc.precision)["loss"]
             if done % tc.log_every == 0 or done == end_step or "val_loss" in record:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
             if progress:
                 progress.update(done, record)
             if (tc.ckpt_every and done % tc.ckpt_every == 0) or done == end_step:
-                save_checkpoint(run_dir, done, model, opt.state_dict(), {"config": cfg.to_dict(), "metrics": record, "skipped_steps": guard.skipped}, tc.keep_last)
+                extra = {"config": cfg.to_dict(), "metrics": record, "skipped_steps": guard.skipped}
+                if tc.parallel != "none":  # DCP, resumable on any number of processes
+                    save_sharded(run_dir, done, model, opt.optimizers, extra, tc.keep_last, d)
+                else:
+                    save_checkpoint(run_dir, done, model, opt.state_dict(), extra, tc.keep_last)
     if progress:
         progress.close()
 
     # ---- final evaluation
     eval_metrics: dict[str, Any] = {}
     if end_step == tc.steps:
-        eval_metrics = masked_loss_eval(model, task, "val", cfg.seed, tc.eval_batches, micro, tc.precision)
-        eval_metrics.update(task.evaluate(model, cfg.seed, tc.eval_batches, micro) if type(task).evaluate is not Task.evaluate else {})
-        write_json_atomic(run_dir / "eval.json", eval_metrics)
+        eval_metrics = masked_loss_eval(model, task, "val", cfg.seed, tc.eval_batches, eval_bs, tc.precision)
+        eval_metrics.update(task.evaluate(model, cfg.seed, tc.eval_batches, eval_bs) if type(task).evaluate is not Task.evaluate else {})
+        if d.is_main:
+            write_json_atomic(run_dir / "eval.json", eval_metrics)
     return TrainResult(run_dir, end_step, loss_value, eval_metrics, time.time() - t_start, end_step * tokens_per_step)
 
 
