@@ -355,6 +355,7 @@ def scorecard(
     task: list[str] = typer.Option([], "--task", help="tasks to run (repeatable or comma-separated; default all five)"),
     jobs: int = typer.Option(1, min=1, help="parallel runs (CPU threads are shared fairly)"),
     sc_out: Optional[Path] = typer.Option(None, "--out", help="output directory (default runs/scorecard-<budget>)"),
+    no_run: bool = typer.Option(False, "--no-run", help="only write the scorecard from the runs finished so far"),
 ) -> None:
     """Run architectures through DEPO, BREVO, CAPO, MANO, LANO at a fixed budget (LR grid x seeds, best LR per
     cell, resumable) and write scorecard.md + heatmap.png + per-task plots."""
@@ -377,7 +378,7 @@ def scorecard(
             status = "[green]done[/]" if row["status"] == "done" else f"[red]failed[/]: {(row['error'] or '')[-200:]}"
             console.print(f"{label} {spec.name}: {status}")
 
-        rows = run_scorecard(cells, jobs, on_done=done)
+        rows = [] if no_run else run_scorecard(cells, jobs, on_done=done)
         path = write_report(out_dir, f"{budget} budget", [a.name for a in archs])
     except ConfigError as err:
         fail(str(err))
