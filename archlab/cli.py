@@ -93,18 +93,26 @@ def _run_config(run: Path) -> RunConfig:
     return _load(path, [])
 
 
-def _load_run_model(run: Path):
-    """(cfg, model, task) from a run directory's newest intact checkpoint."""
-    from archlab.checkpoint import latest_intact, load_model_weights
+def _load_run_model(run: Path, step: Optional[int] = None):
+    """(cfg, model, task) from a run directory's checkpoint ``step_N`` (default: the newest intact one)."""
+    from archlab.checkpoint import latest_intact, list_checkpoints, load_model_weights, read_checkpoint
     from archlab.model.recurrence import build_lm
     from archlab.tasks import build_task
 
     cfg = _run_config(run)
-    ckpt, skipped = latest_intact(run)
-    for msg in skipped:
-        console.print(f"[yellow]skipping damaged checkpoint:[/] {msg}")
-    if ckpt is None:
-        fail(f"{run}: no intact checkpoint")
+    if step is not None:
+        if not (run / f"step_{step}").is_dir():
+            fail(f"{run}: no checkpoint step_{step} (found: {', '.join(p.name for p in list_checkpoints(run)) or 'none'})")
+        try:
+            ckpt = read_checkpoint(run / f"step_{step}")
+        except CheckpointError as err:
+            fail(str(err))
+    else:
+        ckpt, skipped = latest_intact(run)
+        for msg in skipped:
+            console.print(f"[yellow]skipping damaged checkpoint:[/] {msg}")
+        if ckpt is None:
+            fail(f"{run}: no intact checkpoint")
     model = build_lm(cfg.model)
     try:
         load_model_weights(model, ckpt.path)
@@ -143,11 +151,19 @@ def evaluate(
     recurrences: Optional[str] = typer.Option(
         None, help="recurrent models: test-time r values, e.g. 1,2,4,8; writes RUN/recurrence_sweep.{json,png}"
     ),
+    lm_eval_tasks: Optional[str] = typer.Option(
+        None, "--lm-eval", help="comma-separated lm-eval tasks (needs archlab[eval]); writes RUN/lm_eval.json"
+    ),
+    lm_eval_include: Optional[Path] = typer.Option(None, help="folder of local lm-eval task YAMLs for --lm-eval"),
+    limit: Optional[int] = typer.Option(None, min=1, help="--lm-eval: at most this many documents per task"),
 ) -> None:
-    """Evaluate a run's newest checkpoint: held-out loss and the task's own metrics."""
+    """Evaluate a run's newest checkpoint: held-out loss and the task's own metrics, or lm-eval tasks."""
     from archlab.evaluate import model_metrics
 
     cfg, model, task = _load_run_model(run)
+    if lm_eval_tasks is not None:
+        _eval_lm_eval(run, cfg, model, task, lm_eval_tasks, lm_eval_include, limit)
+        return
     bs = cfg.train.batch_size // cfg.train.grad_accum
     if recurrences is not None:
         _eval_recurrences(run, cfg, model, task, recurrences, batches, bs)
@@ -183,6 +199,63 @@ def generate(
     g = torch.Generator().manual_seed(seed)
     outp = model.generate(torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k, generator=g)
     out.print(task.decode(outp[0].tolist()), highlight=False, markup=False)
+
+
+def _eval_lm_eval(run: Path, cfg: RunConfig, model: Any, task: Any, tasks: str, include: Optional[Path], limit: Optional[int]) -> None:
+    """lm-eval tasks on the run's model with its tokenizer: table + RUN/lm_eval.json."""
+    tokenizer = getattr(task, "tokenizer", None)
+    if tokenizer is None:
+        fail(f"{run}: --lm-eval needs a text model; task {cfg.data.name!r} has no tokenizer")
+    if include is not None and not include.is_dir():
+        fail(f"--lm-eval-include: {include} is not a directory")
+    try:
+        from archlab.lm_eval_adapter import ArchlabLM, run_lm_eval
+    except ImportError as err:
+        fail(f"--lm-eval needs lm-eval ({err}); pip install 'archlab[eval]'")
+    try:
+        results = run_lm_eval(ArchlabLM(model, tokenizer), [t for t in tasks.split(",") if t], include, limit)["results"]
+    except ValueError as err:
+        fail(str(err))
+    (run / "lm_eval.json").write_text(json.dumps(results, indent=1, default=str))
+    table = Table("task", "metric", "value", title=f"{run}: lm-eval")
+    for name, metrics in results.items():
+        for key, value in metrics.items():
+            if isinstance(value, float) and "_stderr" not in key:
+                table.add_row(name, key.removesuffix(",none"), f"{value:.4f}")
+    out.print(table)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="run directory"),
+    out_dir: Path = typer.Argument(..., help="output directory"),
+    fmt: str = typer.Option("hf", "--format", help="hf, or a checkpoint format of archlab.formats (llama-canon, raven)"),
+    step: Optional[int] = typer.Option(None, min=0, help="checkpoint step_N to export (default: the newest intact one)"),
+) -> None:
+    """Export a run's checkpoint. hf: config.json + model.safetensors + tokenizer for transformers'
+    AutoModelForCausalLM (after `import archlab.hf`; Llama-shaped models as a plain LlamaForCausalLM)."""
+    cfg, model, task = _load_run_model(run, step)
+    if fmt != "hf":
+        from archlab.formats import get_format
+
+        try:
+            get_format(fmt).save(model, out_dir)
+        except (ValueError, OSError) as err:
+            fail(str(err))
+        out.print(f"wrote {out_dir} (format {fmt})")
+        return
+    try:
+        from archlab.hf import export_hf
+    except ImportError as err:
+        fail(f"--format hf needs transformers ({err}); pip install 'archlab[hf]'")
+    tokenizer = getattr(task, "tokenizer", None)
+    try:
+        hf = export_hf(model, out_dir, tokenizer)
+    except (ValueError, OSError) as err:
+        fail(str(err))
+    out.print(f"wrote {out_dir}: {type(hf).__name__}" + ("" if tokenizer else f" (no tokenizer: task {cfg.data.name!r} takes token ids)"))
+    loader = "" if type(hf).__name__ == "LlamaForCausalLM" else "import archlab.hf; "
+    out.print(f"load: {loader}transformers.AutoModelForCausalLM.from_pretrained({str(out_dir)!r})", markup=False, highlight=False)
 
 
 def _eval_recurrences(run: Path, cfg: RunConfig, model: Any, task: Any, recurrences: str, batches: int, bs: int) -> None:

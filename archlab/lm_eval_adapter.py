@@ -3,15 +3,14 @@
 Scoring is archlab's own forward pass: the log-likelihood of a continuation is the sum of the log-softmax of
 the logits at its tokens, i.e. minus archlab's masked cross-entropy summed over the continuation. Requests
 are batched by right-padding (exact for causal models: padding after a token never changes its logits).
-Byte-level text models have no BOS/EOS token: an empty context, and the first window of a rolling
-log-likelihood, are conditioned on ``prefix_token_id`` (a newline by default, as ``archlab generate`` does).
+An empty context, and the first window of a rolling log-likelihood, are conditioned on the tokenizer's
+end-of-document token (the separator archlab's text pipeline puts between training documents).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lm_eval.api.model import TemplateLM
@@ -20,35 +19,29 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from archlab.evaluate import model_device
 from archlab.model.lm import LM
 
+if TYPE_CHECKING:
+    from archlab.tokenizers import Tokenizer
+
 # ((context, continuation) or None, context ids, continuation ids), as lm-eval's TemplateLM passes them
 TokenRequest = tuple[Any, list[int], list[int]]
 
 
 class ArchlabLM(TemplateLM):
-    """lm-eval model over an archlab ``LM``; ``encode`` / ``decode`` are the run's tokenizer (text -> ids)."""
+    """lm-eval model over an archlab ``LM`` (or ``RecurrentLM``) and the run's tokenizer."""
 
-    def __init__(
-        self,
-        model: LM,
-        encode: Callable[[str], list[int]],
-        decode: Callable[[list[int]], str],
-        prefix_token_id: int = ord("\n"),
-        batch_size: int = 8,
-        max_length: int | None = None,
-    ):
+    def __init__(self, model: LM, tokenizer: "Tokenizer", batch_size: int = 8, max_length: int | None = None):
         super().__init__()
         self.model = model.eval()
-        self.encode, self.decode = encode, decode
-        self._prefix_token_id = prefix_token_id
+        self.tok = tokenizer
         self.batch_size = batch_size
         self.max_length = max_length or model.cfg.max_seq_len
 
     @property
     def eot_token_id(self) -> int:
-        return self._prefix_token_id
+        return self.tok.eos_id
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
-        return self.encode(string)
+        return self.tok.encode(string)
 
     @torch.no_grad()
     def _loglikelihood_tokens(self, requests: list[TokenRequest], disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
@@ -82,14 +75,14 @@ class ArchlabLM(TemplateLM):
             windows = [
                 (None, ctx, cont)
                 for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(
-                    self.encode(text), prefix_token=self.prefix_token_id, max_seq_len=self.max_length, context_len=1
+                    self.tok.encode(text), prefix_token=self.prefix_token_id, max_seq_len=self.max_length, context_len=1
                 ))
             ]
             out.append(sum(ll for ll, _ in self._loglikelihood_tokens(windows)))
         return out
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        """Greedy (or, with ``temperature`` > 0, sampled) continuation, cut at the first ``until`` string."""
+        """Greedy (or, with ``temperature`` > 0, sampled) continuation, cut at end-of-document or the first ``until`` string."""
         device = model_device(self.model)
         out = []
         for req in requests:
@@ -97,9 +90,10 @@ class ArchlabLM(TemplateLM):
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(gen_kwargs.get("max_gen_toks", 256))
-            ids = (self.encode(context) or [self.prefix_token_id])[-max(1, self.max_length - max_new):]
-            gen = self.model.generate(torch.tensor([ids], device=device), max_new, temperature=float(gen_kwargs.get("temperature", 0.0)))
-            text = self.decode(gen[0, len(ids):].tolist())
+            ids = (self.tok.encode(context) or [self.prefix_token_id])[-max(1, self.max_length - max_new):]
+            temperature = float(gen_kwargs.get("temperature", 0.0))
+            gen = self.model.generate(torch.tensor([ids], device=device), max_new, temperature=temperature, eos_id=self.tok.eos_id)
+            text = self.tok.decode(gen[0, len(ids):].tolist())
             for stop in until:
                 text = text.split(stop, 1)[0]
             out.append(text)

@@ -5,8 +5,11 @@ import json
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+from typer.testing import CliRunner
 
-from archlab.config import ModelConfig
+from archlab.checkpoint import load_model_weights
+from archlab.cli import app
+from archlab.config import ModelConfig, load_config
 from archlab.hf import ArchlabForCausalLM, export_hf, load_hf
 from archlab.model.recurrence import build_lm
 from archlab.tokenizers import ByteTokenizer
@@ -109,3 +112,20 @@ def test_padded_batches_are_refused(tmp_path):
     ids = torch.randint(0, V, (2, 5))
     with pytest.raises(ValueError, match="unpadded"):
         hf(ids, attention_mask=torch.tensor([[0, 1, 1, 1, 1], [1] * 5]))
+
+
+def test_cli_export(tmp_path, tiny_text_run):
+    run = tiny_text_run
+    result = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "hf"), "--step", "1"])
+    assert result.exit_code == 0, result.output
+    cfg = load_config(run / "config.yaml")
+    model = build_lm(cfg.model).eval()
+    load_model_weights(model, run / "step_1")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    text = "import os\n"
+    ids = torch.tensor([AutoTokenizer.from_pretrained(tmp_path / "hf")(text)["input_ids"]])
+    assert ids[0].tolist() == list(text.encode())
+    torch.testing.assert_close(logits(hf, ids), logits(model, ids), atol=1e-5, rtol=0)
+    for args, message in [(["--step", "7"], "no checkpoint step_7"), (["--format", "nope"], "unknown format 'nope'")]:
+        bad = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "bad"), *args])
+        assert bad.exit_code == 2 and message in bad.output, bad.output

@@ -1,5 +1,6 @@
 """lm-eval over archlab: log-likelihoods on local tasks (tests/data/lm_eval, no download) equal archlab's own loss."""
 
+import json
 import math
 import os
 from pathlib import Path
@@ -19,7 +20,7 @@ from archlab.model.lm import LM  # noqa: E402
 from archlab.tokenizers import ByteTokenizer  # noqa: E402
 
 TASKS_DIR = Path(__file__).parent / "data" / "lm_eval"
-NL = ord("\n")
+EOS = ByteTokenizer().eos_id  # conditions empty contexts and rolling windows
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,7 @@ def model() -> LM:
 
 
 def adapter(model: LM, batch_size: int = 3) -> ArchlabLM:
-    tok = ByteTokenizer()
-    return ArchlabLM(model, tok.encode, tok.decode, batch_size=batch_size)
+    return ArchlabLM(model, ByteTokenizer(), batch_size=batch_size)
 
 
 def archlab_ll(model: LM, context: list[int], continuation: list[int]) -> float:
@@ -56,9 +56,9 @@ def test_tasks_score_with_archlab_loss(model):
         assert got == pytest.approx(expected, abs=1e-4)
         correct += max(range(len(expected)), key=expected.__getitem__) == doc["label"]
     assert out["results"]["archlab_tiny_mc"]["acc,none"] == correct / 4
-    # rolling log-likelihood of whole documents, conditioned on a newline: bits per byte from archlab's loss
+    # rolling log-likelihood of whole documents, conditioned on end-of-document: bits per byte from archlab's loss
     texts = [s["doc"]["text"] for s in out["samples"]["archlab_tiny_text"]]
-    nll = -sum(archlab_ll(model, [NL], list(t.encode())) for t in texts)
+    nll = -sum(archlab_ll(model, [EOS], list(t.encode())) for t in texts)
     n_bytes = sum(len(t.encode()) for t in texts)
     assert out["results"]["archlab_tiny_text"]["bits_per_byte,none"] == pytest.approx(nll / n_bytes / math.log(2), rel=1e-5)
 
@@ -68,14 +68,14 @@ def test_batching_and_windows_do_not_change_scores(model):
     one = adapter(model, batch_size=1).loglikelihood(reqs)
     many = adapter(model, batch_size=8).loglikelihood(reqs)
     assert [ll for ll, _ in one] == pytest.approx([ll for ll, _ in many], abs=1e-5)
-    assert one[1][0] == pytest.approx(archlab_ll(model, [NL], list(b"import os")), abs=1e-5)  # empty context: newline
+    assert one[1][0] == pytest.approx(archlab_ll(model, [EOS], list(b"import os")), abs=1e-5)  # empty context: end-of-document token
     text = "x = [i * i for i in range(30)]\n" * 2
     lm = adapter(model)
     whole = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])[0]
     lm.max_length = 16  # forces disjoint windows of <= 16 predicted tokens (lm-eval's windowing)
     windowed = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])[0]
-    assert whole == pytest.approx(archlab_ll(model, [NL], list(text.encode())), abs=1e-4)
-    windows = list(map(make_disjoint_window, get_rolling_token_windows(list(text.encode()), NL, 16, 1)))
+    assert whole == pytest.approx(archlab_ll(model, [EOS], list(text.encode())), abs=1e-4)
+    windows = list(map(make_disjoint_window, get_rolling_token_windows(list(text.encode()), EOS, 16, 1)))
     assert len(windows) == 4 and sum(len(cont) for _, cont in windows) == len(text)
     expected = sum(archlab_ll(model, ctx, cont) for ctx, cont in windows)
     assert windowed == pytest.approx(expected, abs=1e-4)
@@ -84,8 +84,22 @@ def test_batching_and_windows_do_not_change_scores(model):
 def test_generate_until_is_greedy_and_stops(model):
     lm = adapter(model)
     ctx = "def main("
-    full = model.generate(torch.tensor([list(ctx.encode())]), 12)[0, len(ctx):].tolist()
+    full = model.generate(torch.tensor([list(ctx.encode())]), 12, eos_id=EOS)[0, len(ctx):].tolist()
     text = ByteTokenizer().decode(full)
     stop = text[3] if len(text) > 3 else "\x00"
     got = lm.generate_until([Instance("generate_until", {}, (ctx, {"until": [stop], "max_gen_toks": 12}), 0)])
     assert got == [text.split(stop, 1)[0]]
+
+
+def test_cli_eval_lm_eval(tiny_text_run):
+    from typer.testing import CliRunner
+
+    from archlab.cli import app
+
+    args = ["eval", str(tiny_text_run), "--lm-eval", "archlab_tiny_mc", "--lm-eval-include", str(TASKS_DIR)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    acc = json.loads((tiny_text_run / "lm_eval.json").read_text())["archlab_tiny_mc"]["acc,none"]
+    assert acc in (0.0, 0.25, 0.5, 0.75, 1.0) and "archlab_tiny_mc" in result.output
+    bad = CliRunner().invoke(app, ["eval", str(tiny_text_run), "--lm-eval", "x", "--lm-eval-include", str(TASKS_DIR / "none")])
+    assert bad.exit_code == 2 and "--lm-eval-include" in bad.output and "is not a directory" in bad.output, bad.output
