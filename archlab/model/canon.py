@@ -46,16 +46,46 @@ class Canon(nn.Module):
             full = torch.cat([history.to(x.dtype), x], dim=1)  # [B, K+T, C]
             cache[key] = full[:, -k:].detach()
             padded = full[:, 1:]  # K-1 history rows + T new
-        # fp32 depthwise conv with autocast off: bf16 conv1d is both slow on CPU and less accurate.
-        with torch.autocast(x.device.type, enabled=False):
-            y = F.conv1d(padded.float().transpose(1, 2), self.weight.float(), groups=self.dim)  # [B, C, T]
-        y = y.transpose(1, 2).to(x.dtype)
+        taps = self.weight[:, 0].t()  # [K, C]; tap K-1 multiplies the current token
+        if self.residual and not self.activation:  # x + conv(x) = conv with 1 added to the current tap
+            taps = torch.cat([taps[:-1], taps[-1:] + 1])
+        acc = torch.promote_types(x.dtype, torch.float32)  # fp32 math under bf16 training (fp64 stays)
+        y = CausalDepthwiseConv.apply(padded.to(acc), taps.to(acc)).to(x.dtype)
         if self.activation:
             y = F.silu(y)
-        return x + y if self.residual else y
+        return x + y if self.residual and self.activation else y
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, kernel={self.kernel}, residual={self.residual}, activation={self.activation}"
+
+
+class CausalDepthwiseConv(torch.autograd.Function):
+    """y_t = sum_k taps_k * p_{t+k} over a left-padded input p [B, K-1+T, C], taps [K, C] -> y [B, T, C].
+
+    K shifted multiply-adds forward and backward instead of F.conv1d: on CPU this is ~3x faster than the
+    depthwise conv1d (whose [B, C, T] layout also costs a transpose copy each way), and the kernel-gradient
+    is K fused multiply-reductions over B*T.
+    """
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+        K, T = taps.shape[0], p.shape[1] - taps.shape[0] + 1
+        ctx.save_for_backward(p, taps)
+        y = p[:, K - 1 :] * taps[K - 1]
+        for k in range(K - 1):
+            y.addcmul_(p[:, k : k + T], taps[k])
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # g: [B, T, C]
+        p, taps = ctx.saved_tensors
+        K, T = taps.shape[0], g.shape[1]
+        gp = torch.zeros_like(p)
+        gtaps = torch.empty_like(taps)
+        for k in range(K):
+            gp[:, k : k + T].addcmul_(g, taps[k])
+            gtaps[k] = (g * p[:, k : k + T]).sum((0, 1))
+        return gp, gtaps
 
 
 def maybe_canon(letter: str, dim: int, cfg) -> Canon | None:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlab.model.block import Block
+from archlab.model.cpu_bf16 import linear
 from archlab.model.multipliers import attach_multipliers
 from archlab.model.norms import make_norm
 
@@ -55,7 +56,7 @@ class LM(nn.Module):
 
     def forward(self, ids: torch.Tensor, cache: Cache | None = None) -> tuple[torch.Tensor, Cache | None]:
         """ids: [B, T] -> logits [B, T, V]; with a cache (from ``new_cache()``), continues from it."""
-        return F.linear(self.hidden(ids, cache), self.head_weight), cache
+        return linear(self.hidden(ids, cache), self.head_weight), cache
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, normaliser: float | None = None) -> torch.Tensor:
         """Masked next-token cross-entropy: sum(CE * mask) / normaliser (default: mask.sum()).
@@ -64,7 +65,7 @@ class LM(nn.Module):
         makes gradient accumulation exactly equal to one big batch.
         """
         h = self.hidden(ids)
-        logits = F.linear(h, self.head_weight).float()  # [B, T, V]
+        logits = linear(h, self.head_weight).float()  # [B, T, V]
         ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
         m = mask.reshape(-1).to(ce.dtype)
         return (ce * m).sum() / (m.sum().clamp_min(1) if normaliser is None else normaliser)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlab.model.canon import apply_canon, maybe_canon
+from archlab.model.cpu_bf16 import linear
 
 if TYPE_CHECKING:
     from archlab.config import ModelConfig
@@ -33,10 +34,10 @@ class MLP(nn.Module):
         nn.init.normal_(self.w_down.weight, std=self.out_std)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:  # [B, T, D]
-        h = apply_canon(self.canon_d, self.w_in(x), cache, "canon_d")
+        h = apply_canon(self.canon_d, linear(x, self.w_in.weight), cache, "canon_d")
         if self.kind == "swiglu":
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
             h = F.gelu(h)
-        return self.w_down(h)
+        return linear(h, self.w_down.weight)

@@ -11,11 +11,11 @@ import math
 from typing import TYPE_CHECKING, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
 from archlab.model.canon import apply_canon, maybe_canon
+from archlab.model.cpu_bf16 import linear, sdpa
 from archlab.model.mixers import MIXERS, Mixer, MixerConfig
 from archlab.model.norms import RMSNorm
 
@@ -123,7 +123,7 @@ class Attention(Mixer):
 
     def forward(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict | None]:
         B, T, _ = x.shape
-        qkv = self.wqkv(x)  # [B, T, q_dim + 2 kv_dim]
+        qkv = linear(x, self.wqkv.weight)  # [B, T, q_dim + 2 kv_dim]
         if self.q_norm is not None:
             q, k, v = qkv.split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
             qkv = torch.cat([self.q_norm(q), self.k_norm(k), v], dim=-1)
@@ -143,15 +143,15 @@ class Attention(Mixer):
             state["k"], state["v"] = k.detach(), v.detach()
         y = self._attend(q, k, v, start)  # [B, H, T, hd]
         y = y.transpose(1, 2).reshape(B, T, self.q_dim)
-        return self.wo(y), state
+        return linear(y, self.wo.weight), state
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
         gqa = self.n_kv != self.n_heads
         if start == 0:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            return sdpa(q, k, v, is_causal=True, enable_gqa=gqa)
         T, S = q.shape[2], k.shape[2]
         if T == 1:  # one new token sees the whole cache
-            return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+            return sdpa(q, k, v, enable_gqa=gqa)
         # chunked prefill: query i sits at position start + i and sees keys 0..start+i
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=start)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return sdpa(q, k, v, attn_mask=mask, enable_gqa=gqa)

@@ -1,0 +1,78 @@
+"""bf16 autocast on CPUs without bf16 instructions: the same roundings as a bf16 kernel, run by fp32 kernels.
+
+Without AVX512 (oneDNN's bf16 path) torch's CPU bf16 GEMM and SDPA fall back to reference loops: ~1-3 GFLOP/s
+against ~50 GFLOP/s for fp32 on the 2-core AVX2 development box (``benchmarks/train_throughput.py`` prints
+both peaks). A bf16 GEMM as autocast runs it (oneDNN, cuBLAS) rounds its operands to bf16, accumulates in
+fp32 and rounds the result to bf16. :func:`linear` and :func:`sdpa` do exactly those roundings around an fp32
+kernel -- operands rounded to bf16 then upcast (exact), fp32 GEMM / attention, output rounded to bf16 -- so a
+model trained under bf16 autocast sees bf16 numerics (up to summation order) at fp32 speed. Backward follows
+from autograd through the casts: gradients are rounded to bf16 where a bf16 kernel would produce them.
+
+Where the CPU has native bf16 (or off the CPU, or outside bf16 autocast) both are the plain torch calls.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+
+@functools.cache
+def _cpu_lacks_bf16() -> bool:
+    return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def emulating(x: torch.Tensor) -> bool:
+    """True when ``x`` is on the CPU under bf16 autocast and the CPU has no fast bf16 kernels."""
+    return (
+        x.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and _cpu_lacks_bf16()
+    )
+
+
+def _rounded(t: torch.Tensor) -> torch.Tensor:
+    """t rounded to bf16, held in fp32 (exact)."""
+    return t.to(torch.bfloat16).float()
+
+
+class _EmulatedLinear(torch.autograd.Function):
+    """y = bf16(x_bf16 @ w_bf16ᵀ) by fp32 GEMMs; backward likewise, with autocast off (the autograd engine runs
+    backward under the caller's autocast state, which would send its GEMMs to the slow bf16 kernel)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # x: [N, in], weight: [out, in]
+        xb, wb = x.to(torch.bfloat16), weight.to(torch.bfloat16)
+        ctx.save_for_backward(xb, wb)  # bf16 copies: half the memory of fp32 activations
+        ctx.dtypes = x.dtype, weight.dtype
+        with torch.autocast("cpu", enabled=False):
+            return (xb.float() @ wb.float().t()).to(torch.bfloat16)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # grad: [N, out]
+        xb, wb = ctx.saved_tensors
+        x_dtype, w_dtype = ctx.dtypes
+        with torch.autocast("cpu", enabled=False):
+            g = grad.to(torch.bfloat16).float()
+            gx = (g @ wb.float()).to(torch.bfloat16).to(x_dtype)
+            gw = (g.t() @ xb.float()).to(torch.bfloat16).to(w_dtype)
+        return gx, gw
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, weight) (no bias); x: [..., in], weight: [out, in] -> [..., out]."""
+    if not emulating(x):
+        return F.linear(x, weight)
+    return _EmulatedLinear.apply(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """F.scaled_dot_product_attention(q, k, v, **kwargs); q: [B, H, T, hd], k, v: [B, Hkv, S, hd]."""
+    if not emulating(q):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    with torch.autocast("cpu", enabled=False):
+        y = F.scaled_dot_product_attention(_rounded(q), _rounded(k), _rounded(v), **kwargs)
+    return y.to(torch.bfloat16)
