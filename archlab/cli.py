@@ -319,6 +319,7 @@ def retrofit(
 @app.command("import")
 def import_(
     path: Path = typer.Argument(..., help="checkpoint directory: config.json + model.safetensors (or shards + index)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides of the run config (data.*, train.*, optim.*)"),
     run_dir: Path = typer.Option(..., "--out", help="run directory to create (config.yaml + step_0/)"),
     fmt: Optional[str] = typer.Option(None, "--format", help="llama-canon | raven (default: from config.json's model_type)"),
 ) -> None:
@@ -329,10 +330,10 @@ def import_(
     from archlab.formats.run_import import import_checkpoint
 
     try:
-        name, model = import_checkpoint(path, run_dir, fmt)
+        name, model = import_checkpoint(path, run_dir, fmt, overrides)
     except (ValueError, OSError) as err:  # FormatError / ConfigError are ValueErrors
         fail(str(err))
-    out.print(f"imported {path} ({name}, {model.num_params():,} parameters) into {run_dir}/step_0")
+    out.print(f"imported {path} ({name}, {model.num_params():,} parameters) into {run_dir}/step_0", soft_wrap=True)
 
 
 @app.command()
@@ -367,21 +368,41 @@ def info(
 
 @app.command()
 def sweep(
-    config: Optional[Path] = typer.Argument(None, help="YAML recipe (optional)"),
+    config: Optional[Path] = typer.Argument(None, help="sweep file (YAML with a top-level 'grid') or run recipe (optional)"),
     overrides: Optional[list[str]] = typer.Argument(None, help="fixed dotted overrides for every run"),
     grid: list[str] = typer.Option([], "--grid", "-g", help="key=v1,v2,... (repeatable; '' is a value: model.canon=,ABCD)"),
-    seeds: int = typer.Option(1, min=1, help="seeds 0..N-1 per grid point"),
-    jobs: int = typer.Option(1, min=1, help="parallel local processes (CPU threads are shared fairly)"),
-    sweep_out: Optional[Path] = typer.Option(None, "--out", help="sweep directory (default runs/sweep-<recipe>)"),
+    seeds: Optional[int] = typer.Option(None, min=1, help="seeds 0..N-1 per grid point (default: the sweep file's, else 1)"),
+    jobs: int = typer.Option(1, min=1, help="runs in parallel (CPU threads are shared fairly)"),
+    backend: str = typer.Option("local", help="local (child processes) or ray (RAY_ADDRESS or a local Ray)"),
+    emit_commands: bool = typer.Option(False, "--emit-commands", help="write commands.sh for a scheduler instead of running"),
+    nproc: int = typer.Option(1, min=1, help="with --emit-commands: processes per run (torchrun --nproc_per_node)"),
+    collect: bool = typer.Option(False, "--collect", help="add runs finished outside archlab (commands.sh) to the table"),
+    sweep_out: Optional[Path] = typer.Option(None, "--out", help="sweep directory (default runs/sweep-<file stem>)"),
 ) -> None:
-    """Run grid x seeds, resumably, into a results table (results.sqlite). Then: archlab report DIR."""
-    from archlab.sweep import expand, parse_grid, run_sweep
+    """Run grid x seeds, resumably, into a results table (results.sqlite). Then: archlab report DIR.
 
-    recipe, fixed = _load_pair(config, overrides)
+    Examples:
+
+      archlab sweep configs/depo_tiny.yaml --grid optim.lr=1e-3,3e-3 --grid model.canon=,ABCD --seeds 2 --jobs 2
+
+      archlab sweep configs/sweeps/multipliers.yaml --jobs 2
+
+      archlab sweep configs/sweeps/multipliers.yaml --emit-commands --nproc 4   # then: --collect
+    """
+    from archlab import sweep as sw
+
     try:
-        g = parse_grid(grid)
-        sweep_dir = sweep_out or Path("runs") / f"sweep-{recipe.stem if recipe else 'default'}"
-        total = len(expand(g, seeds))
+        plan = _sweep_plan(config, overrides, grid, seeds)
+        sweep_dir = sweep_out or Path("runs") / f"sweep-{config.stem if config and config.is_file() else 'default'}"
+        if emit_commands:
+            lines = sw.emit_commands(sweep_dir, plan, nproc)
+            out.print(f"{len(lines)} commands in {sweep_dir / sw.COMMANDS_FILE}; after they ran: archlab sweep ... --collect --out {sweep_dir}")
+            return
+        if collect:
+            rows, missing = sw.collect(sweep_dir, plan)
+            out.print(f"collected {len(rows)} finished runs into {sweep_dir / sw.DB_FILE}; {len(missing)} not finished yet")
+            return
+        total = len(plan.specs())
         bar = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
         with bar:
             task = bar.add_task("sweep", total=total)
@@ -391,7 +412,7 @@ def sweep(
                 status = "[green]done[/]" if row["status"] == "done" else f"[red]failed[/]: {row['error'][-200:]}"
                 bar.console.print(f"{spec.name}: {status}" + (f" val_loss={row['val_loss']:.4f}" if row.get("val_loss") is not None else ""))
 
-            rows = run_sweep(sweep_dir, recipe, fixed, g, seeds, jobs, on_done=done)
+            rows = sw.run_plan(sweep_dir, plan, jobs, backend, on_done=done)
     except ConfigError as err:
         fail(str(err))
     n_failed = sum(r["status"] != "done" for r in rows)
@@ -399,19 +420,41 @@ def sweep(
     out.print(f"next: archlab report {sweep_dir}")
 
 
+def _sweep_plan(config: Optional[Path], overrides: Optional[list[str]], grid: list[str], seeds: Optional[int]):
+    """A SweepPlan from a sweep file or a run recipe, plus the command line's overrides, grid and seeds."""
+    from archlab.sweep import SweepPlan, is_sweep_file, load_sweep_file, parse_grid
+
+    config, fixed = _load_pair(config, overrides)
+    if config is not None and not config.is_file():
+        raise ConfigError(f"config file {str(config)!r} does not exist")
+    plan = load_sweep_file(config) if config is not None and is_sweep_file(config) else SweepPlan(config)
+    extra = parse_grid(grid)
+    for key in extra.keys() & plan.grid.keys():
+        raise ConfigError(f"--grid key {key!r} is already in the sweep file's grid")
+    plan.overrides, plan.grid = [*plan.overrides, *fixed], {**plan.grid, **extra}
+    plan.seeds = seeds or plan.seeds
+    return plan
+
+
 @app.command()
 def report(
     sweep_dir: Path = typer.Argument(..., help="sweep directory"),
-    metric: str = typer.Option("val_loss", help="column or eval.json key"),
+    metric: Optional[str] = typer.Option(None, help="column or eval.json key (default: the sweep file's, else val_loss)"),
     lr_key: Optional[str] = typer.Option(None, help="swept key treated as the LR grid (default: the first *.lr key)"),
-    higher_is_better: bool = typer.Option(False, help="e.g. for accuracies"),
+    higher_is_better: Optional[bool] = typer.Option(None, "--higher-is-better/--lower-is-better", help="e.g. for accuracies"),
+    compare: Optional[str] = typer.Option(None, help="swept key whose values are paired against its first value, other keys equal"),
 ) -> None:
     """Markdown report with tables and plots from a sweep's results table."""
     from archlab.report import build_report
+    from archlab.sweep import SWEEP_FILE
 
+    meta_path = sweep_dir / SWEEP_FILE
+    defaults = json.loads(meta_path.read_text()).get("report", {}) if meta_path.is_file() else {}
     try:
-        path = build_report(sweep_dir, metric, lr_key, higher_is_better)
-    except FileNotFoundError as err:
+        path = build_report(sweep_dir, metric or defaults.get("metric", "val_loss"), lr_key or defaults.get("lr_key"),
+                            defaults.get("higher_is_better", False) if higher_is_better is None else higher_is_better,
+                            compare or defaults.get("compare"))
+    except (FileNotFoundError, ValueError) as err:
         fail(str(err))
     except sqlite3.DatabaseError as err:  # e.g. a file that is not SQLite at all; nothing in it is unpickled
         fail(f"{sweep_dir / 'results.sqlite'}: not a readable results table ({err})")

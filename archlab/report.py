@@ -70,6 +70,66 @@ def best_lr_per_arm(rows: list[dict[str, Any]], metric: str, lr_key: str, higher
     return best
 
 
+def paired_section(best: dict[Arm, list[dict[str, Any]]], metric: str, compare_key: str | None) -> list[str]:
+    """Paired differences over seeds (same seed = same data order and init) with an exact sign-flip p-value."""
+    arms = list(best)
+    if compare_key is None:
+        pairs = [(arms[0], arm) for arm in arms[1:]]
+        title = f"against `{arm_label(arms[0])}`" if arms else ""
+    else:
+        values = list(dict.fromkeys(dict(a)[compare_key] for a in arms if compare_key in dict(a)))
+        if not values:
+            raise ValueError(f"compare key {compare_key!r} is not a swept key")
+        base_of = lambda a: tuple((k, values[0] if k == compare_key else v) for k, v in a)  # noqa: E731
+        pairs = [(base_of(a), a) for a in arms if dict(a).get(compare_key) != values[0] and base_of(a) in best]
+        title = f"of `{compare_key}` against `{values[0] if values[0] != '' else '∅'}`, other keys equal"
+    if not pairs:
+        return []
+    lines = ["", f"## Paired comparison {title} (same seeds)", "",
+             "| arm | baseline | mean difference | seeds | sign-flip p |", "|---|---|---|---|---|"]
+    for base, arm in pairs:
+        base_by_seed = {r["seed"]: metric_of(r, metric) for r in best[base]}
+        diffs = [m - base_by_seed[r["seed"]] for r in best[arm]
+                 if (m := metric_of(r, metric)) is not None and base_by_seed.get(r["seed"]) is not None]
+        if diffs:
+            p = sign_flip_p(diffs) if len(diffs) <= 16 else float("nan")
+            lines.append(f"| {arm_label(arm)} | {arm_label(base)} | {statistics.fmean(diffs):+.4f} | {len(diffs)} | {p:.3f} |")
+    return lines + ["", "With n seeds the smallest attainable p is 2/2^n (n=3: 0.25, n=5: 0.0625)."]
+
+
+def first_loss(sweep_dir: Path, name: str) -> float | None:
+    f = sweep_dir / name / "metrics.jsonl"
+    lines = f.read_text().splitlines() if f.is_file() else []
+    return json.loads(lines[0]).get("loss") if lines else None
+
+
+def is_stable(row: dict[str, Any], sweep_dir: Path) -> bool:
+    """Finished, and the final val loss is below the first logged training loss."""
+    start = first_loss(sweep_dir, row["name"])
+    return row["status"] == "done" and row["val_loss"] is not None and start is not None and row["val_loss"] < start
+
+
+def stability_section(rows: list[dict[str, Any]], lr_key: str, sweep_dir: Path) -> list[str]:
+    """Per arm and LR: how many seeds trained stably; the largest LR at which all did. Only when some did not."""
+    stable = {r["name"]: is_stable(r, sweep_dir) for r in rows}
+    if all(stable.values()):
+        return []
+    lrs = sorted({r["params"][lr_key] for r in rows})
+    lines = ["", f"## Stability (stable seeds / seeds per `{lr_key}`; stable = finished with final val loss below the "
+             "first logged training loss)", "", "| arm | " + " | ".join(map(str, lrs)) + " | max stable LR |",
+             "|" + "---|" * (len(lrs) + 2)]
+    for arm, arm_rows in sorted(group(rows, {"seed", lr_key}).items(), key=lambda kv: str(kv[0])):
+        cells, ok = [], []
+        for lr in lrs:
+            at = [r for r in arm_rows if r["params"][lr_key] == lr]
+            n_ok = sum(stable[r["name"]] for r in at)
+            cells.append(f"{n_ok}/{len(at)}" if at else "–")
+            if at and n_ok == len(at):
+                ok.append(lr)
+        lines.append(f"| {arm_label(arm)} | " + " | ".join(cells) + f" | {max(ok) if ok else 'none'} |")
+    return lines
+
+
 def numbered_metrics(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, str]]]:
     """Metric families ending in a number (acc_k1, acc_k2, ...): prefix -> [(n, key)], families of ≥ 3."""
     fams: dict[str, set[tuple[int, str]]] = defaultdict(set)
@@ -143,8 +203,13 @@ def plot_family(arms: dict[Arm, list[dict[str, Any]]], family: list[tuple[int, s
     plt.close(fig)
 
 
-def build_report(sweep_dir: Path, metric: str = "val_loss", lr_key: str | None = None, higher_is_better: bool = False) -> Path:
-    """Write ``report.md`` (+ PNGs) into the sweep directory and return its path."""
+def build_report(sweep_dir: Path, metric: str = "val_loss", lr_key: str | None = None, higher_is_better: bool = False,
+                 compare_key: str | None = None) -> Path:
+    """Write ``report.md`` (+ PNGs) into the sweep directory and return its path.
+
+    ``compare_key``: pair each value of this swept key with its first value, all other keys equal
+    (e.g. ``model.multipliers``: does vector beat none under AdamW, and under Muon?); default: every arm
+    against the first arm."""
     rows_all = load_results(sweep_dir)
     done = [r for r in rows_all if r["status"] == "done"]
     failed = [r for r in rows_all if r["status"] != "done"]
@@ -167,19 +232,9 @@ def build_report(sweep_dir: Path, metric: str = "val_loss", lr_key: str | None =
             vals = [m for r in rows if (m := metric_of(r, metric)) is not None]
             lines.append(f"| {arm_label(arm)} | {rows[0]['params'][lr_key]} | {len(vals)} | {fmt(vals)} |")
 
-    arms = list(best)
-    if len(arms) > 1:
-        base = arms[0]
-        lines += ["", f"## Paired comparison against `{arm_label(base)}` (same seeds)", "",
-                  "| arm | mean difference | seeds | sign-flip p |", "|---|---|---|---|"]
-        base_by_seed = {r["seed"]: metric_of(r, metric) for r in best[base]}
-        for arm in arms[1:]:
-            diffs = [m - base_by_seed[r["seed"]] for r in best[arm]
-                     if (m := metric_of(r, metric)) is not None and base_by_seed.get(r["seed"]) is not None]
-            if diffs:
-                p = sign_flip_p(diffs) if len(diffs) <= 16 else float("nan")
-                lines.append(f"| {arm_label(arm)} | {statistics.fmean(diffs):+.4f} | {len(diffs)} | {p:.3f} |")
-        lines += ["", "With n seeds the smallest attainable p is 2/2^n (n=3: 0.25, n=5: 0.0625)."]
+    lines += paired_section(best, metric, compare_key)
+    if lr_key:
+        lines += stability_section(rows_all, lr_key, sweep_dir)
 
     lines += ["", "## Plots", ""]
     plot_loss_bands(best, sweep_dir, sweep_dir / "loss_curves.png")

@@ -1,6 +1,9 @@
-"""Sweeps: a grid of dotted overrides x seeds -> run directories, run in parallel local processes,
-one row per run in ``results.sqlite``. Resumable: finished runs are skipped, interrupted ones resume from
-their newest checkpoint; a failed run is recorded with its error and never stops the sweep.
+"""Sweeps: a grid of dotted overrides x seeds -> run directories, one row per run in ``results.sqlite``.
+
+Runs go to parallel local processes (default), to a Ray cluster (``backend="ray"``), or out as a list of shell
+/ ``torchrun`` commands for a scheduler (``emit_commands``) whose finished runs ``collect`` later adds to the
+table. Resumable: finished runs are skipped, interrupted ones resume from their newest checkpoint; a failed
+run is recorded with its error and never stops the sweep.
 """
 
 from __future__ import annotations
@@ -9,18 +12,22 @@ import hashlib
 import itertools
 import json
 import os
+import shlex
 import sqlite3
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+import yaml
 
 from archlab.config import ConfigError, load_config, parse_value
 
-SWEEP_FILE, DB_FILE = "sweep.json", "results.sqlite"
+SWEEP_FILE, DB_FILE, COMMANDS_FILE = "sweep.json", "results.sqlite", "commands.sh"
+BACKENDS = ("local", "ray")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -39,6 +46,8 @@ CREATE TABLE IF NOT EXISTS runs (
     finished TEXT
 )
 """
+COLUMNS = ["name", "config_hash", "params", "seed", "status", "final_loss", "best_loss", "val_loss", "metrics",
+           "tokens", "wall_time", "error", "finished"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,61 @@ class RunSpec:
     name: str
     params: dict[str, Any]  # swept key -> value, incl. "seed"
     overrides: tuple[str, ...]
+
+
+@dataclass
+class SweepPlan:
+    """What to sweep: a recipe (optional), fixed overrides, a grid, seeds; ``report`` holds report options."""
+
+    base: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: int = 1
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def specs(self) -> list[RunSpec]:
+        return expand(self.grid, self.seeds)
+
+    def config(self, spec: RunSpec):
+        return load_config(self.base, [*self.overrides, *spec.overrides])
+
+    def meta(self) -> dict[str, Any]:
+        return json.loads(json.dumps({"base": str(self.base) if self.base else None, "overrides": self.overrides,
+                                      "grid": self.grid, "seeds": self.seeds}))
+
+
+SWEEP_FILE_KEYS = {"base", "overrides", "grid", "seeds", "report"}
+REPORT_KEYS = {"metric", "lr_key", "higher_is_better", "compare"}
+
+
+def is_sweep_file(path: Path) -> bool:
+    """A YAML with a top-level ``grid`` is a sweep file; anything else is a run recipe."""
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(tree, dict) and "grid" in tree
+
+
+def load_sweep_file(path: Path) -> SweepPlan:
+    """Sweep file: ``base`` (recipe path, relative to this file), ``overrides`` (list), ``grid`` (key -> list),
+    ``seeds`` (int), ``report`` (options for ``archlab report``: metric, lr_key, higher_is_better)."""
+    tree = yaml.safe_load(path.read_text())
+    unknown = set(tree) - SWEEP_FILE_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep-file key(s) {sorted(unknown)}; allowed: {sorted(SWEEP_FILE_KEYS)}")
+    grid = tree["grid"]
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError(f"{path}: 'grid' must map dotted keys to non-empty lists of values")
+    seeds = tree.get("seeds", 1)
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"{path}: 'seeds' must be a positive integer, got {seeds!r}")
+    report = tree.get("report") or {}
+    if not isinstance(report, dict) or set(report) - REPORT_KEYS:
+        raise ConfigError(f"{path}: 'report' takes only {sorted(REPORT_KEYS)}, got {report!r}")
+    base = tree.get("base")
+    return SweepPlan((path.parent / base).resolve() if base else None, [str(o) for o in tree.get("overrides") or []],
+                     {str(k): ["" if x is None else x for x in v] for k, v in grid.items()}, seeds, report)
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -96,21 +160,30 @@ def finished_runs(db: sqlite3.Connection) -> set[str]:
     return {row[0] for row in db.execute("SELECT name FROM runs WHERE status = 'done'")}
 
 
-def run_one(spec: RunSpec, base: Path | None, overrides: list[str], sweep_dir: Path, threads: int) -> dict[str, Any]:
-    """Train one run in a child process; return its results row."""
+def save_row(db: sqlite3.Connection, row: dict[str, Any]) -> None:
+    db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+               [row.get(c) for c in COLUMNS])
+    db.commit()
+
+
+def train_command(spec: RunSpec, plan: SweepPlan, sweep_dir: Path, threads: int, nproc: int = 1) -> list[str]:
+    """The command line that trains one run: ``python -m archlab.cli train ...`` or, with nproc > 1,
+    ``torchrun --standalone --nproc_per_node=N -m archlab.cli train ...``."""
+    launcher = [sys.executable, "-m"] if nproc == 1 else ["torchrun", "--standalone", f"--nproc_per_node={nproc}", "-m"]
+    return [*launcher, "archlab.cli", "train", *([str(plan.base)] if plan.base else []), *plan.overrides,
+            *spec.overrides, f"train.threads={threads}", f"name={spec.name}", f"out_dir={sweep_dir}"]
+
+
+def collect_row(spec: RunSpec, plan: SweepPlan, sweep_dir: Path, returncode: int | None = 0,
+                wall_time: float | None = None) -> dict[str, Any]:
+    """The results row of one run from its run directory (metrics.jsonl, eval.json, log.txt)."""
     run_dir = sweep_dir / spec.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "archlab.cli", "train", *([str(base)] if base else []), *overrides, *spec.overrides,
-           f"train.threads={threads}", f"name={spec.name}", f"out_dir={sweep_dir}"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    t0 = time.time()
-    with open(run_dir / "log.txt", "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
     row: dict[str, Any] = {"name": spec.name, "params": json.dumps(spec.params), "seed": spec.params["seed"],
-                           "wall_time": time.time() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    row["config_hash"] = config_hash(load_config(base, [*overrides, *spec.overrides]).to_dict())
-    if proc.returncode != 0:
-        tail = (run_dir / "log.txt").read_text(errors="replace").strip().splitlines()[-5:]
+                           "wall_time": wall_time, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                           "config_hash": config_hash(plan.config(spec).to_dict())}
+    if returncode != 0 or not (run_dir / "eval.json").is_file():
+        log = run_dir / "log.txt"
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.is_file() else ["no eval.json, no log.txt"]
         return {**row, "status": "failed", "error": " | ".join(tail)[-2000:]}
     records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     ev = json.loads((run_dir / "eval.json").read_text())
@@ -118,49 +191,124 @@ def run_one(spec: RunSpec, base: Path | None, overrides: list[str], sweep_dir: P
             "val_loss": ev.get("loss"), "metrics": json.dumps(ev), "tokens": records[-1]["tokens"], "error": None}
 
 
-def save_row(db: sqlite3.Connection, row: dict[str, Any]) -> None:
-    cols = ["name", "config_hash", "params", "seed", "status", "final_loss", "best_loss", "val_loss", "metrics",
-            "tokens", "wall_time", "error", "finished"]
-    db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-               [row.get(c) for c in cols])
-    db.commit()
+def run_one(spec: RunSpec, plan: SweepPlan, sweep_dir: Path, threads: int) -> dict[str, Any]:
+    """Train one run in a child process; return its results row."""
+    run_dir = sweep_dir / spec.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    t0 = time.time()
+    with open(run_dir / "log.txt", "a") as log:
+        proc = subprocess.run(train_command(spec, plan, sweep_dir, threads), stdout=log, stderr=subprocess.STDOUT,
+                              env=env, stdin=subprocess.DEVNULL)
+    return collect_row(spec, plan, sweep_dir, proc.returncode, time.time() - t0)
 
 
-def run_sweep(
-    sweep_dir: Path,
-    base: Path | None,
-    overrides: list[str],
-    grid: dict[str, list[Any]],
-    seeds: int,
-    jobs: int,
-    on_done: Callable[[RunSpec, dict[str, Any], int, int], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Run every spec not yet done; returns the rows of this invocation."""
-    specs = expand(grid, seeds)
+def _local(todo: list[RunSpec], plan: SweepPlan, sweep_dir: Path, jobs: int, threads: int) -> Iterator[tuple[RunSpec, dict]]:
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run_one, s, plan, sweep_dir, threads): s for s in todo}
+        for fut in as_completed(futures):
+            yield futures[fut], fut.result()
+
+
+def _ray(todo: list[RunSpec], plan: SweepPlan, sweep_dir: Path, jobs: int, threads: int) -> Iterator[tuple[RunSpec, dict]]:
+    """One Ray task per run (``num_cpus=threads``); the sweep directory must be on a filesystem the workers share.
+    Connects to ``RAY_ADDRESS`` when set, else starts a local Ray instance. ``jobs`` caps the runs in flight."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--backend ray needs the 'ray' package: pip install 'archlab[ray]'") from None
+    ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
+    remote = ray.remote(num_cpus=threads)(run_one)
+    pending, queue = {}, list(todo)
+    while queue or pending:
+        while queue and len(pending) < jobs:
+            spec = queue.pop(0)
+            pending[remote.remote(spec, plan, sweep_dir, threads)] = spec
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        yield pending.pop(ready[0]), ray.get(ready[0])
+
+
+def prepare(sweep_dir: Path, plan: SweepPlan) -> list[RunSpec]:
+    """Validate every run's config, create the sweep dir, check it was made by the same plan; return all specs."""
+    specs = plan.specs()
     for spec in specs:  # validate every config before any work
-        load_config(base, [*overrides, *spec.overrides])
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"base": str(base) if base else None, "overrides": overrides, "grid": grid, "seeds": seeds}
+        plan.config(spec)
     meta_path = sweep_dir / SWEEP_FILE
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        if old != json.loads(json.dumps(meta)):
+        old.pop("report", None)
+        if old != plan.meta():
             raise ConfigError(f"{meta_path}: this sweep directory was made with different settings ({old}); use another directory")
-    meta_path.write_text(json.dumps(meta, indent=2))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    meta_path.write_text(json.dumps({**plan.meta(), "report": plan.report}, indent=2))
+    return specs
+
+
+def run_plan(
+    sweep_dir: Path,
+    plan: SweepPlan,
+    jobs: int = 1,
+    backend: str = "local",
+    on_done: Callable[[RunSpec, dict[str, Any], int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every spec not yet done on ``backend``; returns the rows of this invocation."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r}: choose one of {list(BACKENDS)}")
+    specs = prepare(sweep_dir, plan)
     db = open_db(sweep_dir)
     todo = [s for s in specs if s.name not in finished_runs(db)]
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    runner = _local if backend == "local" else _ray
     rows = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_one, s, base, overrides, sweep_dir, threads): s for s in todo}
-        for i, fut in enumerate(as_completed(futures), 1):
-            row = fut.result()
-            save_row(db, row)
-            rows.append(row)
-            if on_done:
-                on_done(futures[fut], row, i, len(todo))
+    for i, (spec, row) in enumerate(runner(todo, plan, sweep_dir, jobs, threads), 1):
+        save_row(db, row)
+        rows.append(row)
+        if on_done:
+            on_done(spec, row, i, len(todo))
     db.close()
     return rows
+
+
+def run_sweep(sweep_dir: Path, base: Path | None, overrides: list[str], grid: dict[str, list[Any]], seeds: int,
+              jobs: int, on_done: Callable[[RunSpec, dict[str, Any], int, int], None] | None = None,
+              backend: str = "local") -> list[dict[str, Any]]:
+    """``run_plan`` with the plan given as its parts."""
+    return run_plan(sweep_dir, SweepPlan(base, overrides, grid, seeds), jobs, backend, on_done)
+
+
+def emit_commands(sweep_dir: Path, plan: SweepPlan, nproc: int = 1, threads: int = 1) -> list[str]:
+    """Write ``commands.sh`` (one line per unfinished run, for a scheduler or ``xargs -P``) and return its lines.
+    After they ran, ``collect`` adds their results to the table."""
+    specs = prepare(sweep_dir, plan)
+    db = open_db(sweep_dir)
+    done = finished_runs(db)
+    db.close()
+    lines = [f"mkdir -p {shlex.quote(str(sweep_dir / s.name))} && OMP_NUM_THREADS={threads} "
+             + shlex.join(train_command(s, plan, sweep_dir, threads, nproc))
+             + f" >> {shlex.quote(str(sweep_dir / s.name / 'log.txt'))} 2>&1"
+             for s in specs if s.name not in done]
+    (sweep_dir / COMMANDS_FILE).write_text("".join(line + "\n" for line in lines))
+    return lines
+
+
+def collect(sweep_dir: Path, plan: SweepPlan) -> tuple[list[dict[str, Any]], list[str]]:
+    """Add the runs that finished outside ``run_plan`` (e.g. from ``commands.sh``) to the table.
+    Returns (new rows, names of runs not finished yet)."""
+    specs = prepare(sweep_dir, plan)
+    db = open_db(sweep_dir)
+    done = finished_runs(db)
+    rows, missing = [], []
+    for spec in specs:
+        if spec.name in done:
+            continue
+        if (sweep_dir / spec.name / "eval.json").is_file():
+            row = collect_row(spec, plan, sweep_dir)
+            save_row(db, row)
+            rows.append(row)
+        else:
+            missing.append(spec.name)
+    db.close()
+    return rows, missing
 
 
 def load_results(sweep_dir: Path) -> list[dict[str, Any]]:
