@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, Pret
 from transformers.modeling_outputs import ModelOutput
 
 from archlab.config import ModelConfig
-from archlab.hf_llama import llama_config_from, to_llama
+from archlab.hf_llama import llama_config_from, load as load_llama, to_llama
 from archlab.model.lm import LM, Cache
 from archlab.model.mixers.attention import RotaryTable
 from archlab.model.multipliers import merge_multipliers
@@ -171,6 +171,4 @@ def load_hf(path: str | Path, dtype: torch.dtype = torch.float32) -> LM:
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     if isinstance(hf, ArchlabForCausalLM):
         return hf.model
-    from archlab.hf_llama import load
-
-    return load(hf, dtype)
+    return load_llama(hf, dtype)

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from archlab.checkpoint import load_model_weights
 from archlab.cli import app
 from archlab.config import ModelConfig, load_config
+from archlab.formats import FORMATS
 from archlab.hf import ArchlabForCausalLM, export_hf, load_hf
 from archlab.model.recurrence import build_lm
 from archlab.tokenizers import ByteTokenizer
@@ -29,6 +30,7 @@ FAMILIES = {
     "multipliers_both_tied": dict(multipliers="both", multiplier_targets=["mixer", "mlp", "embedding"], tie_embeddings=True),
     "multipliers_vector_head": dict(multipliers="vector", multiplier_targets=["mixer", "mlp", "head"], mixer={"name": "gla", "n_heads": 2}),
     "recurrent": dict(n_layers=4, recurrence={"prelude": 1, "core": 2, "coda": 1, "mean_recurrence": 2}),
+    "recurrent_gdn_zero_state": dict(n_layers=3, mixer={"name": "gdn", "n_heads": 2}, recurrence={"prelude": 1, "core": 1, "coda": 1, "state_init_std": 0.0}),
 }
 AS_LLAMA = {"multipliers_both_tied"}  # Llama-shaped once the multipliers are merged: exported as a real Llama
 
@@ -59,9 +61,11 @@ def test_export_loads_with_automodel_and_matches(family, tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == ("llama" if family in AS_LLAMA else "archlab")
     ids = torch.randint(0, V, (2, 13))
     torch.testing.assert_close(logits(hf, ids), logits(model, ids), atol=1e-5, rtol=0)
-    if model.cfg.recurrence is None:  # greedy generate through transformers = archlab's own generate
-        prompt = ids[:1, :5]
-        assert hf.generate(prompt, max_new_tokens=6, do_sample=False).tolist() == model.generate(prompt, 6).tolist()
+    prompt = ids[:1, :5]  # greedy generate through transformers = archlab's own generate
+    torch.manual_seed(2)
+    theirs = hf.generate(prompt, max_new_tokens=6, do_sample=False)
+    torch.manual_seed(2)
+    assert theirs.tolist() == model.generate(prompt, 6).tolist()
 
 
 def test_multipliers_merge_on_a_copy(tmp_path):
@@ -126,6 +130,10 @@ def test_cli_export(tmp_path, tiny_text_run):
     ids = torch.tensor([AutoTokenizer.from_pretrained(tmp_path / "hf")(text)["input_ids"]])
     assert ids[0].tolist() == list(text.encode())
     torch.testing.assert_close(logits(hf, ids), logits(model, ids), atol=1e-5, rtol=0)
+    # other formats dispatch to archlab.formats; without --step the newest checkpoint (step_2) is exported
+    assert CliRunner().invoke(app, ["export", str(run), str(tmp_path / "lc"), "--format", "llama-canon"]).exit_code == 0
+    load_model_weights(model, run / "step_2")
+    torch.testing.assert_close(logits(FORMATS["llama-canon"].load(tmp_path / "lc"), ids), logits(model, ids), atol=1e-5, rtol=0)
     for args, message in [(["--step", "7"], "no checkpoint step_7"), (["--format", "nope"], "unknown format 'nope'")]:
         bad = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "bad"), *args])
         assert bad.exit_code == 2 and message in bad.output, bad.output
