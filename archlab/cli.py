@@ -213,7 +213,8 @@ def _eval_lm_eval(run: Path, cfg: RunConfig, model: Any, task: Any, tasks: str, 
     except ImportError as err:
         fail(f"--lm-eval needs lm-eval ({err}); pip install 'archlab[eval]'")
     try:
-        results = run_lm_eval(ArchlabLM(model, tokenizer), [t for t in tasks.split(",") if t], include, limit)["results"]
+        lm = ArchlabLM(model, tokenizer, max_length=cfg.train.seq_len)  # the context length it was trained at
+        results = run_lm_eval(lm, [t for t in tasks.split(",") if t], include, limit)["results"]
     except ValueError as err:
         fail(str(err))
     (run / "lm_eval.json").write_text(json.dumps(results, indent=1, default=str))

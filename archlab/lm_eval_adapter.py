@@ -47,6 +47,9 @@ class ArchlabLM(TemplateLM):
     def _loglikelihood_tokens(self, requests: list[TokenRequest], disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         """(sum of log p(continuation | context), whether the continuation is the greedy one) per request."""
         device = model_device(self.model)
+        too_long = [len(cont) for _, _, cont in requests if len(cont) > self.max_length]
+        if too_long:
+            raise ValueError(f"lm-eval continuation of {max(too_long)} tokens exceeds max_length={self.max_length}")
         results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
         # longest first, so that each batch pads little; sequences are cut on the left to max_length + 1 tokens
         seqs = [(ctx + cont)[-(self.max_length + 1):] for _, ctx, cont in requests]
