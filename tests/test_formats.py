@@ -398,10 +398,11 @@ def test_cli_import_writes_a_run_with_the_same_logits(tmp_path, fmt):
     else:
         model = LM(ModelConfig(vocab_size=V, d_model=D, n_layers=L, canon="AB", mixer={"name": "attention", "n_heads": H, "qk_norm": True}))
     FORMATS[fmt].save(model.eval(), tmp_path / "ckpt")
-    result = CliRunner().invoke(app, ["import", str(tmp_path / "ckpt"), "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(app, ["import", str(tmp_path / "ckpt"), "train.seq_len=64", "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert f"({fmt}, {model.num_params():,} parameters)" in result.output
     cfg = load_config(tmp_path / "run" / "config.yaml")
+    assert cfg.train.seq_len == 64 and cfg.model == FORMATS[fmt].load(tmp_path / "ckpt").cfg
     ckpt, _ = latest_intact(tmp_path / "run")
     assert ckpt.step == 0 and ckpt.state["format"] == fmt
     run_model = build_lm(cfg.model)
@@ -410,6 +411,8 @@ def test_cli_import_writes_a_run_with_the_same_logits(tmp_path, fmt):
         torch.testing.assert_close(run_model.eval()(IDS)[0], model(IDS)[0], atol=1e-5, rtol=1e-5)
     again = CliRunner().invoke(app, ["import", str(tmp_path / "ckpt"), "--out", str(tmp_path / "run")])
     assert again.exit_code == 2 and "already holds checkpoints" in again.output
+    bad = CliRunner().invoke(app, ["import", str(tmp_path / "ckpt"), "model.norm_eps=0.1", "--out", str(tmp_path / "run3")])
+    assert bad.exit_code == 2 and "overrides may not change the model section" in bad.output
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     odd = CliRunner().invoke(app, ["import", str(tmp_path / "odd"), "--out", str(tmp_path / "run2")])

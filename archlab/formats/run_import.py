@@ -1,6 +1,7 @@
 """``archlab import``: a published checkpoint directory -> an archlab run directory at step 0.
 
-The run directory holds ``config.yaml`` and ``step_0/`` (weights, a fresh optimiser state, state.json naming the
+Dotted overrides set the rest of the run (``data.*``, ``train.*``, ``optim.*``), e.g. the task or tokenizer that
+matches the imported vocabulary. The run directory holds ``config.yaml`` and ``step_0/`` (weights, a fresh optimiser state, state.json naming the
 source), so ``archlab eval/generate RUN`` work on it and ``archlab train RUN/config.yaml`` continues training
 from the imported weights in place.
 """
@@ -13,7 +14,7 @@ import yaml
 from torch import nn
 
 from archlab.checkpoint import list_checkpoints, save_checkpoint
-from archlab.config import RunConfig, TrainConfig
+from archlab.config import ConfigError, ModelConfig, RunConfig, TrainConfig, apply_overrides, build_config
 from archlab.formats import get_format
 from archlab.formats.hf_dir import FormatError, read_config
 from archlab.optim import build_optimizers
@@ -29,14 +30,23 @@ def detect(path: Path) -> str:
     raise FormatError(f"{path / 'config.json'}: model_type={raw.get('model_type')!r} is neither LlamaCanon/llama nor huginn_raven; pass --format")
 
 
-def import_checkpoint(src: Path, run_dir: Path, fmt: str | None = None) -> tuple[str, nn.Module]:
+def run_config(model_cfg: ModelConfig, run_dir: Path, overrides: list[str]) -> RunConfig:
+    """The run's config: the imported model section, defaults elsewhere, then dotted ``overrides`` (not model.*)."""
+    tree = RunConfig(model=model_cfg, train={"seq_len": min(TrainConfig().seq_len, model_cfg.max_seq_len)},
+                     out_dir=str(run_dir.parent), name=run_dir.name).to_dict()
+    cfg = build_config(apply_overrides(tree, overrides))
+    if cfg.model != model_cfg:
+        raise ConfigError("overrides may not change the model section: the imported weights define it")
+    return cfg
+
+
+def import_checkpoint(src: Path, run_dir: Path, fmt: str | None = None, overrides: list[str] | None = None) -> tuple[str, nn.Module]:
     """Load ``src`` (format ``fmt`` or detected) and write it as run directory ``run_dir``; (format, model)."""
     name = fmt or detect(src)
     model = get_format(name).load(src)
     if list_checkpoints(run_dir):
         raise FormatError(f"{run_dir}: already holds checkpoints; choose a new --out")
-    seq_len = min(TrainConfig().seq_len, model.cfg.max_seq_len)
-    cfg = RunConfig(model=model.cfg, train={"seq_len": seq_len}, out_dir=str(run_dir.parent), name=run_dir.name)
+    cfg = run_config(model.cfg, run_dir, overrides or [])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     optim_state = build_optimizers(model, cfg.optim).state_dict()
