@@ -21,7 +21,7 @@ import yaml
 from archlab.config import ConfigError, apply_overrides, build_config
 from archlab.presets import BUDGETS, CONFIGS, HEADLINE, TASKS, Arch, TaskBudget
 from archlab.report import mean_std, metric_of
-from archlab.sweep import RunSpec, load_results, run_sweep
+from archlab.sweep import DB_FILE, RunSpec, finished_runs, load_results, open_db, run_sweep
 
 CELL_YAML, CELL_JSON, MATRIX_MD = "cell.yaml", "cell.json", "scorecard.md"
 LR_KEY = "optim.lr"
@@ -144,6 +144,17 @@ def _write_cell(cell_dir: Path, tree: dict[str, Any], cell: Cell) -> Path:
     path.write_text(text)
     (cell_dir / CELL_JSON).write_text(json.dumps(asdict(cell), indent=2))
     return cell_dir
+
+
+def finished(cells: list[tuple[Cell, Path]]) -> int:
+    """How many of the cells' runs are already done (they will be skipped)."""
+    n = 0
+    for _, cell_dir in cells:
+        if (cell_dir / DB_FILE).is_file():
+            db = open_db(cell_dir)
+            n += len(finished_runs(db))
+            db.close()
+    return n
 
 
 OnDone = Callable[[str, RunSpec, dict[str, Any]], None]
