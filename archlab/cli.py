@@ -477,7 +477,7 @@ def scorecard(
     """Run architectures through DEPO, BREVO, CAPO, MANO, LANO at a fixed budget (LR grid x seeds, best LR per
     cell, resumable) and write scorecard.md + heatmap.png + per-task plots."""
     from archlab.presets import TASKS, preset_archs
-    from archlab.scorecard import load_arch, plan, run_scorecard, write_report
+    from archlab.scorecard import finished, load_arch, plan, run_scorecard, write_report
 
     split = lambda items: [x for item in items for x in item.split(",") if x]  # noqa: E731
     try:
@@ -489,7 +489,7 @@ def scorecard(
         out_dir = sc_out or Path("runs") / f"scorecard-{budget}"
         cells = plan(archs, budget, split(task) or list(TASKS), out_dir)
         n_runs = sum(len(c.lrs) * c.seeds for c, _ in cells)
-        out.print(f"{len(cells)} cells, {n_runs} runs -> {out_dir}")
+        out.print(f"{len(cells)} cells, {n_runs} runs -> {out_dir} ({finished(cells)} already finished: skipped)")
 
         def done(label, spec, row):
             status = "[green]done[/]" if row["status"] == "done" else f"[red]failed[/]: {(row['error'] or '')[-200:]}"
@@ -500,7 +500,7 @@ def scorecard(
     except ConfigError as err:
         fail(str(err))
     n_failed = sum(r["status"] != "done" for r in rows)
-    out.print(path.read_text(), markup=False, highlight=False)
+    out.print(path.read_text(), markup=False, highlight=False, soft_wrap=True)
     out.print(f"{len(rows)} runs this time ({n_failed} failed; earlier finished runs skipped). scorecard: {path}")
 
 
