@@ -8,7 +8,7 @@ The model code stays single-device; everything here is applied from outside by `
   (:func:`rank_rows`); the loss normaliser is the global target count / world size, so the averaged gradient
   equals the single-process gradient of the same global batch for any world size.
 * :func:`wrap_model`: DDP around a module whose forward is ``LM.loss``, or FSDP2 ``fully_shard`` per block
-  plus the root (``LM.loss`` registered as a forward method).
+  (every member of the model's top-level ``nn.ModuleList``s) plus the root (``LM.loss`` registered as a forward method).
 * :func:`save_sharded` / :func:`load_sharded`: ``step_N/dcp/`` holds model + optimiser state as a DCP
   checkpoint (re-sharded on load, so a run can resume on a different number of processes, 1 included), and
   ``step_N/model.safetensors`` the full weights for eval / generate / export.
@@ -19,9 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -129,7 +131,7 @@ def wrap_model(lm: nn.Module, parallel: str, d: Dist, device: torch.device) -> n
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     flags = {n: {k: v for k, v in vars(p).items() if k.startswith("_") and not k.startswith("__")} for n, p in lm.named_parameters()}
-    for block in lm.blocks:
+    for block in [m for lst in lm.children() if isinstance(lst, nn.ModuleList) for m in lst]:  # blocks / prelude, core, coda
         fully_shard(block)
     fully_shard(lm)
     register_fsdp_forward_method(lm, "loss")
@@ -157,7 +159,8 @@ def save_sharded(run_dir: Path, step: int, lm: nn.Module, optimizers: list[torch
         tmp.mkdir(parents=True)
     barrier(d)
     model_sd, optim_sd = get_state_dict(lm, optimizers)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp / DCP_DIR, no_dist=not d.active)
+    with _single_process_dcp_ok():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp / DCP_DIR)
     full = get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True)) if d.active else lm.state_dict()
     if d.is_main:
         save_file({k: v.detach().contiguous().cpu() for k, v in full.items()}, tmp / MODEL_FILE)
@@ -173,6 +176,14 @@ def save_sharded(run_dir: Path, step: int, lm: nn.Module, optimizers: list[torch
     return final
 
 
+@contextmanager
+def _single_process_dcp_ok() -> Iterator[None]:
+    """DCP warns when used without a process group; a 1-process run saving / loading DCP does so on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def is_sharded(ckpt_path: Path) -> bool:
     return (ckpt_path / DCP_DIR).is_dir()
 
@@ -184,5 +195,6 @@ def load_sharded(ckpt_path: Path, lm: nn.Module, optimizers: list[torch.optim.Op
 
     model_sd, optim_sd = get_state_dict(lm, optimizers)  # templates (initialises empty optimiser state)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=ckpt_path / DCP_DIR)
+    with _single_process_dcp_ok():
+        dcp.load(state, checkpoint_id=ckpt_path / DCP_DIR)
     set_state_dict(lm, optimizers, model_state_dict=state["model"], optim_state_dict=state["optim"])

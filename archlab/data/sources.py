@@ -10,7 +10,9 @@ No paths = the Python standard library's sources (``site-packages`` excluded): r
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import os
 import sysconfig
 from pathlib import Path
 from typing import Iterator
@@ -41,13 +43,22 @@ def _all_documents(roots: list[Path], glob: str, text_field: str) -> Iterator[st
         elif (root / "state.json").is_file():
             yield from _saved_dataset_documents(root, text_field)
         elif root.is_dir():
-            files = sorted(p for p in root.rglob(glob) if p.is_file() and "site-packages" not in p.parts)
+            files = _walk(root, glob)
             if not files:
                 raise FileNotFoundError(f"data.paths: no files matching {glob!r} under {str(root)!r}")
             for f in files:
                 yield from _file_documents(f, text_field)
         else:
             raise FileNotFoundError(f"data.paths: {str(root)!r} does not exist")
+
+
+def _walk(root: Path, glob: str) -> list[Path]:
+    """Files under ``root`` whose name matches ``glob``, sorted; ``site-packages`` trees are not entered."""
+    found = []
+    for here, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "site-packages"]
+        found.extend(Path(here, n) for n in fnmatch.filter(names, glob))
+    return sorted(p for p in found if p.is_file())
 
 
 def _file_documents(path: Path, text_field: str) -> Iterator[str]:
