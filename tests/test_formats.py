@@ -167,6 +167,17 @@ def test_hand_built_llama_canon_loads_and_matches_reference(tmp_path, over, shar
     assert all(torch.equal(written[k], t[k]) for k in t)
 
 
+def test_bf16_checkpoint_loads_as_fp32(tmp_path):
+    """Published checkpoints are bf16: they load into the fp32 model and match the reference on the upcast weights."""
+    c = canon_config(canon_set="ABCD", rope_version="lingua", qk_norm=True, num_key_value_heads=2, torch_dtype="bfloat16")
+    t = {k: v.to(torch.bfloat16) for k, v in hand_built(tmp_path, c).items()}
+    save_file(t, tmp_path / "model.safetensors")
+    model = FORMATS["llama-canon"].load(tmp_path)
+    assert next(model.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS)[0], reference_logits(c, {k: v.float() for k, v in t.items()}, IDS), atol=1e-5, rtol=1e-5)
+
+
 COMBOS = list(itertools.product(["", "A", "BD", "ABCD"], ["huggingface", "lingua"], [None, 4], [False, True], [H, 2]))
 
 
