@@ -307,6 +307,8 @@ def retrofit(
             raise ValueError
     except ValueError:
         fail(f"--layers: expected P,R,C (three integers >= 0), got {layers!r}")
+    if adapter_init not in ("default", "identity"):  # checked before any weights are loaded
+        fail(f"--adapter-init: expected default or identity, got {adapter_init!r}")
     try:
         explicit = {part: rf.parse_layers(text, f"--{part}") for part, text in zip(rf.PARTS, (prelude, core, coda)) if text is not None}
         model, chosen = rf.retrofit(hf_dir, tuple(sizes), explicit, adapter_init, seed, {"mean_recurrence": mean_recurrence})

@@ -92,8 +92,9 @@ def retrofit(
     hf_dir = Path(hf_dir)
     if not (hf_dir / "config.json").is_file():
         raise FileNotFoundError(f"{hf_dir}: no config.json; expected a directory written by save_pretrained")
+    n_source = json.loads((hf_dir / "config.json").read_text()).get("num_hidden_layers", 0)
+    chosen = resolve_layers(n_source, sizes, explicit)  # before loading any weights: a bad spec fails fast and quietly
     source = hf_llama.load(hf_dir)
-    chosen = resolve_layers(source.cfg.n_layers, sizes, explicit)
     sizes = {part: len(chosen[part]) for part in PARTS}
     rec = {**(recurrence or {}), **sizes, "adapter_init": adapter_init}
     cfg = ModelConfig.model_validate({**source.cfg.model_dump(serialize_as_any=True), "n_layers": sum(sizes.values()), "tie_embeddings": False, "recurrence": rec})

@@ -93,3 +93,33 @@ def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
                           capture_output=True, text=True, env=child_env(), timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"error: {recipe}: not valid") and "Traceback" not in proc.stderr
+
+
+# bad layer specs for `archlab retrofit` (model surgery) on a 4-layer Llama: (options, text the message must contain)
+BAD_SURGERY = [
+    (["--layers", "2,4"], "--layers: expected P,R,C"),
+    (["--layers", "a,b,c"], "--layers: expected P,R,C"),
+    (["--layers", "-1,2,2"], "--layers: expected P,R,C"),
+    (["--layers", "2,2,2"], "--layers 2,2,2 needs 6 layers; the source model has 4"),
+    (["--layers", "1,0,1"], "the core needs at least one layer"),
+    (["--core", "1-x"], "--core: '1-x' is not a layer index or range"),
+    (["--layers", "1,2,1", "--core", "2-7"], "layer indices [4, 5, 6, 7] are out of range"),
+    (["--layers", "1,1,1", "--prelude", "0,1", "--core", "1,2"], "a source layer is used twice"),
+    (["--layers", "1,2,1", "--adapter-init", "zeros"], "--adapter-init: expected default or identity, got 'zeros'"),
+]
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    path = tmp_path_factory.mktemp("hf") / "llama"
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                   intermediate_size=64, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("options,expected", BAD_SURGERY, ids=[" ".join(o) for o, _ in BAD_SURGERY])
+def test_bad_surgery_spec(tmp_path, llama_dir, options, expected):
+    out = tmp_path / "retrofitted"
+    assert_refused(CliRunner().invoke(app, ["retrofit", str(llama_dir), "--out", str(out), *options]), expected, out)
