@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -20,6 +21,11 @@ CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.
 
 class FormatError(ValueError):
     """A checkpoint directory that does not fit its format; the message names the file or config field."""
+
+
+def invalid_config(err: ValidationError) -> FormatError:
+    """A FormatError with pydantic's messages for an archlab config built from config.json."""
+    return FormatError(f"config.json: {'; '.join(e['msg'].removeprefix('Value error, ') for e in err.errors())}")
 
 
 def read_config(path: Path) -> dict[str, Any]:

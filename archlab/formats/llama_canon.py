@@ -27,7 +27,7 @@ import torch
 from pydantic import ValidationError
 
 from archlab.config import ModelConfig
-from archlab.formats.hf_dir import FormatError, load_checked, read_config, write
+from archlab.formats.hf_dir import FormatError, invalid_config, load_checked, read_config, write
 from archlab.hf_llama import config_from_llama, state_dict_from_llama, state_dict_to_llama
 from archlab.model.lm import LM
 
@@ -66,7 +66,7 @@ def config_from_published(raw: dict[str, Any]) -> tuple[ModelConfig, str]:
                     canon_activation=bool(c["canon_activation"]))
         return ModelConfig.model_validate(tree), c["rope_version"]
     except ValidationError as err:
-        raise FormatError(f"config.json: {'; '.join(e['msg'].removeprefix('Value error, ') for e in err.errors())}") from None
+        raise invalid_config(err) from None
     except ValueError as err:
         raise FormatError(f"config.json: {err}") from None
 

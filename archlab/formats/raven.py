@@ -28,7 +28,7 @@ import torch
 from pydantic import ValidationError
 
 from archlab.config import ModelConfig
-from archlab.formats.hf_dir import FormatError, load_checked, read_config, write
+from archlab.formats.hf_dir import FormatError, invalid_config, load_checked, read_config, write
 from archlab.formats.llama_canon import llama_shape_problems
 from archlab.model.recurrence import RecurrentLM
 
@@ -104,7 +104,7 @@ def config_from_published(raw: dict[str, Any]) -> ModelConfig:
             recurrence=recurrence,
         )
     except ValidationError as err:
-        raise FormatError(f"config.json: {'; '.join(e['msg'].removeprefix('Value error, ') for e in err.errors())}") from None
+        raise invalid_config(err) from None
 
 
 def config_to_published(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
