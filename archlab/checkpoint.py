@@ -53,13 +53,18 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write through a hidden temporary file and a rename: nobody (a resumed run included) sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def rng_state() -> dict[str, Any]:
@@ -166,7 +171,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
     if version != SCHEMA_VERSION:
         raise CheckpointError(f"{state_path}: schema version {version!r}, this archlab reads version {SCHEMA_VERSION}")
     files = state.get("files")
-    if (not isinstance(files, dict) or sorted(files) != sorted((MODEL_FILE, OPTIM_FILE))
+    if (not isinstance(files, dict) or not (sorted(files) == sorted((MODEL_FILE, OPTIM_FILE)) or _is_dcp_listing(files))
             or not all(isinstance(m, dict) for m in files.values()) or not isinstance(state.get("step"), int)):
         raise CheckpointError(f"{state_path}: malformed (needs 'step' and checksums of {MODEL_FILE} and {OPTIM_FILE})")
     for name, meta in files.items():
@@ -178,6 +183,11 @@ def read_checkpoint(path: Path) -> Checkpoint:
         if sha256(f) != meta.get("sha256"):
             raise CheckpointError(f"{f}: checksum mismatch (corrupted bytes)")
     return Checkpoint(path, state)
+
+
+def _is_dcp_listing(files: dict[str, Any]) -> bool:
+    """A torchrun checkpoint (archlab/distributed.py): full weights + the optimiser inside a DCP folder ``dcp/``."""
+    return MODEL_FILE in files and any(n.startswith("dcp/") for n in files) and all(n == MODEL_FILE or n.startswith("dcp/") for n in files)
 
 
 def latest_intact(run_dir: Path) -> tuple[Checkpoint | None, list[str]]:

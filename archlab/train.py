@@ -28,6 +28,7 @@ from archlab.checkpoint import (
     save_checkpoint,
     set_rng_state,
     write_json_atomic,
+    write_text_atomic,
 )
 from archlab.config import RunConfig
 from archlab.distributed import (
@@ -221,7 +222,7 @@ def _train(cfg: RunConfig, run_dir: str | Path | None, resume: str, progress: Pr
     barrier(d)  # every rank has read the run directory before rank 0 writes into it
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_json_atomic(run_dir / "run.json", run_info(device, {"n_params": model.num_params(), "resumed_from_step": start_step,
                                                                   "optimizer_groups": opt.summary, "world_size": d.world}))
         truncate_metrics(metrics_path, start_step)
@@ -308,7 +309,7 @@ def truncate_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:  # a line cut short by a kill
             continue
-    path.write_text("".join(line + "\n" for line in keep))
+    write_text_atomic(path, "".join(line + "\n" for line in keep))  # a kill here must not lose the kept lines
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
