@@ -14,14 +14,12 @@ The linear mixers run in their paper configuration with their own SiLU short con
 attention is plain SDPA with 4 heads of 64.
 
     python benchmarks/mixer_throughput.py                    # d=256, T=512/2048/8192, 1 thread
-    python benchmarks/mixer_throughput.py --threads 2 --reps 2 --seq-lens 512 2048
+    python benchmarks/mixer_throughput.py --threads 2 --reps 2 --seq-lens 512 2048 --json results/bench/mixers.json
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import platform
 import subprocess
 import sys
 import time
@@ -30,6 +28,7 @@ import torch
 
 from archlab.config import ModelConfig
 from archlab.model.mixers import build_mixer
+from common import markdown_table, meta, peak_growth_mib, write_result
 
 MIXERS = {
     "attention": ({"name": "attention", "n_heads": 4}, ""),
@@ -67,25 +66,6 @@ def time_training(names: list[str], B: int, T: int, d: int, reps: int) -> dict[s
     return {n: B * T / t for n, t in best.items()}
 
 
-def rss_mb() -> tuple[float, float]:
-    """(current RSS, peak RSS since the last reset) in MiB, from /proc/self/status."""
-    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-
-
-def peak_memory_child(name: str, B: int, T: int, d: int) -> float:
-    """Run in a fresh process: MiB of peak RSS growth during one forward + backward step (after a warm-up)."""
-    ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: big blocks are unmapped on free
-    m = build(name, d)
-    x = torch.randn(B, T, d, requires_grad=True)
-    train_step(m, x)
-    before, _ = rss_mb()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    train_step(m, x)
-    return rss_mb()[1] - before
-
-
 def peak_memory(name: str, B: int, T: int, d: int, threads: int) -> float:
     cmd = [sys.executable, __file__, "--memory-child", name, str(B), str(T), str(d), "--threads", str(threads)]
     try:
@@ -119,18 +99,21 @@ def main() -> None:
     ap.add_argument("--mixers", nargs="+", default=list(MIXERS), choices=list(MIXERS))
     ap.add_argument("--decode-contexts", type=int, nargs="+", default=[128, 2048])
     ap.add_argument("--decode-steps", type=int, default=16)
+    ap.add_argument("--json", help="write the result file here")
     ap.add_argument("--memory-child", nargs=4, metavar=("MIXER", "B", "T", "D"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_child:
-        name, B, T, d = args.memory_child
-        print(peak_memory_child(name, int(B), int(T), int(d)))
+        name, B, T, d = args.memory_child[0], *map(int, args.memory_child[1:])
+        m, x = build(name, d), torch.randn(B, T, d, requires_grad=True)
+        print(peak_growth_mib(lambda: train_step(m, x)))
         return
 
     d, Ts, names = args.d_model, args.seq_lens, args.mixers
     batch = {T: max(1, args.tokens // T) for T in Ts}
-    print(f"# mixer throughput: d={d}, fp32, CPU ({platform.machine()}), torch {torch.__version__}, "
-          f"{args.threads} thread(s), {args.tokens} tokens per step, best of {args.reps}\n", flush=True)
+    info = meta()
+    print(f"# mixer throughput: d={d}, fp32, {info['cpu']}, torch {info['torch']}, {args.threads} thread(s), "
+          f"{args.tokens} tokens per step, best of {args.reps}, load {info['load_avg']}\n", flush=True)
     speed = {}
     for T in Ts:
         speed[T] = time_training(names, batch[T], T, d, args.reps)
@@ -149,14 +132,20 @@ def main() -> None:
     head = ["mixer", "params"] + [f"tok/s T={T} (B={batch[T]})" for T in Ts]
     head += ([f"vs attn T={T}" for T in Ts] if ref else []) + [f"peak MiB T={T}" for T in Ts]
     head += [f"decode ms/tok @{c}" for c in args.decode_contexts]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+    table, rows = [], []
     for n in names:
         cells = [n, f"{params[n] / 1e3:.0f}k"] + [f"{speed[T][n]:,.0f}" for T in Ts]
         if ref:
             cells += [f"{speed[T][n] / speed[T][ref]:.2f}x" for T in Ts]
         cells += [f"{memory[n, T]:.0f}" for T in Ts] + [f"{decode[n, c]:.2f}" for c in args.decode_contexts]
-        print("| " + " | ".join(cells) + " |")
+        table.append(cells)
+        metrics = {f"tok_s_T{T}": speed[T][n] for T in Ts} | {f"peak_mib_T{T}": memory[n, T] for T in Ts}
+        metrics |= {f"vs_attention_T{T}": speed[T][n] / speed[T][ref] for T in Ts} if ref else {}
+        metrics |= {f"decode_ms_at_{c}": decode[n, c] for c in args.decode_contexts}
+        rows.append({"key": {"mixer": n, "d_model": d}, "metrics": metrics})
+    print(markdown_table(head, table))
+    lower = [f"peak_mib_T{T}" for T in Ts] + [f"decode_ms_at_{c}" for c in args.decode_contexts]
+    write_result(args.json, "mixer_throughput", rows, lower)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,110 @@
+"""Shared pieces of the benchmarks: interleaved timing, peak-memory probes, and the result file.
+
+Result file (``--json PATH`` on every benchmark; diff two with ``benchmarks/compare.py``)::
+
+    {"schema": 1, "benchmark": "train_throughput",
+     "meta": {"date", "git_commit", "machine", "cpu", "torch", "threads", "load_avg", "argv"},
+     "lower_is_better": ["canon_overhead_pct", ...],       # every other metric: higher is better
+     "rows": [{"key": {"size": "d=256 L=8 T=256 B=16", "precision": "fp32"},
+               "metrics": {"archlab_tok_s": 812.0, "hf_tok_s": 601.0, "ratio": 1.35, ...}}]}
+
+A row is identified by its ``key``; ``compare.py`` matches rows of two files by key and metrics by name.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from archlab.runinfo import git_commit
+
+SCHEMA = 1
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int, reps: int) -> dict[str, float]:
+    """Median seconds per call of each function; the functions take turns call by call, so a busy machine
+    slows them alike and the ratios stay meaningful."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def meta() -> dict:
+    """Where and when a result was measured (the load average says how busy the shared machine was)."""
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "machine": platform.machine(),
+        "cpu": cpu_name(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "argv": sys.argv,
+    }
+
+
+def write_result(path: str | None, benchmark: str, rows: list[dict], lower_is_better: list[str]) -> None:
+    """Write the result file (if ``path``); rows: [{"key": {...}, "metrics": {...}}]."""
+    if not path:
+        return
+    doc = {"schema": SCHEMA, "benchmark": benchmark, "meta": meta(), "lower_is_better": lower_is_better, "rows": rows}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"\nwrote {path}")
+
+
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+# ------------------------------------------------------------------------------------------------- memory
+
+
+def rss_mib() -> tuple[float, float]:
+    """(current RSS, peak RSS since the last reset) in MiB, from /proc/self/status."""
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def peak_growth_mib(step: Callable[[], object]) -> float:
+    """MiB of peak RSS growth during one call of ``step`` (call it once before, as a warm-up).
+
+    glibc's mmap threshold is pinned at 64 KiB so that freed tensors go back to the OS (the figure tracks
+    live tensor memory, not allocator caches); VmHWM is reset through /proc/self/clear_refs. Run it in a
+    fresh process per measurement.
+    """
+    ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    step()
+    before, _ = rss_mib()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    step()
+    return rss_mib()[1] - before
