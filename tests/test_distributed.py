@@ -4,6 +4,7 @@ Tolerance: per-step losses agree to 1e-4 absolute (measured: ~1e-6; the only dif
 float32 reductions in the gradient all-reduce / reduce-scatter).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -50,16 +51,11 @@ def test_fsdp_two_processes_then_resume_on_one_from_dcp(runs):
     assert sorted(p.name for p in (ckpt / "dcp").iterdir() if p.suffix == ".distcp") == ["__0_0.distcp", "__1_0.distcp"]
     assert (ckpt / "model.safetensors").is_file()
     result = train(config(str(runs), "fsdp", "fsdp"))  # no torchrun: world size 1, resumes at step 2
+    assert json.loads((runs / "fsdp" / "run.json").read_text())["resumed_from_step"] == 2
     single, fsdp = losses(runs / "single"), losses(runs / "fsdp")
     assert [m["step"] for m in read_metrics(runs / "fsdp")] == [1, 2, 3, 4]
     assert max(abs(a - b) for a, b in zip(single, fsdp)) < TOL, (single, fsdp)
-    assert result.eval["loss"] == pytest.approx(train_eval(runs / "single"), abs=TOL)
-
-
-def train_eval(run_dir: Path) -> float:
-    import json
-
-    return json.loads((run_dir / "eval.json").read_text())["loss"]
+    assert result.eval["loss"] == pytest.approx(json.loads((runs / "single" / "eval.json").read_text())["loss"], abs=TOL)
 
 
 def test_rank_rows_split_the_global_batch():
