@@ -1,0 +1,118 @@
+"""Helpers of scripts/recurrence_recipe.sh (retrofitted recurrence at CPU scale).
+
+  export RUN HF_DIR              run's newest checkpoint (Llama-shaped LM) -> HF LlamaForCausalLM directory
+  matched-steps HEAL STATIC      steps of the STATIC recipe with the training FLOPs of the HEAL recipe (both YAML)
+  report OUT RESULTS_DIR         evaluate every model of the recipe on the same held-out batches -> results.{json,md}, plot
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from archlab.checkpoint import latest_intact, load_model_weights
+from archlab.config import load_config
+from archlab.evaluate import model_metrics, recurrence_sweep
+from archlab.model.lm import LM
+from archlab.model.recurrence import RecurrentLM, build_lm, sample_depth
+from archlab.plots import plot_recurrence_sweep
+from archlab.tasks import build_task
+from archlab.train import build_model
+
+RS = [1, 2, 4, 8, 16]
+EVAL_BATCHES = 8
+
+
+def load_run(run: Path) -> tuple[Any, LM]:
+    """(config, model at the newest checkpoint) of a run directory."""
+    cfg = load_config(run / "config.yaml")
+    ckpt, _ = latest_intact(run)
+    if ckpt is None:
+        sys.exit(f"{run}: no intact checkpoint")
+    model = build_lm(cfg.model)
+    load_model_weights(model, ckpt.path)
+    return cfg, model.eval()
+
+
+def export(run: Path, hf_dir: Path) -> None:
+    from archlab.hf_llama import to_llama
+
+    _, model = load_run(run)
+    to_llama(model).save_pretrained(hf_dir)
+    print(f"wrote {hf_dir}")
+
+
+def training_flops(recipe: Path) -> float:
+    """Training FLOPs of a recurrent recipe, from the (n, k) draws of every micro-batch (a pure function of the step)."""
+    cfg = load_config(recipe)
+    model, cfg = build_model(cfg, build_task(cfg.data, cfg.train.seq_len))
+    tc, rc = cfg.train, cfg.model.recurrence
+    tokens = tc.batch_size // tc.grad_accum * tc.seq_len
+    total = 0.0
+    for step in range(tc.steps):
+        for i in range(tc.grad_accum):
+            n, k = sample_depth(rc, cfg.seed, step, i, tc.steps)
+            total += model.flops_per_token(tc.seq_len, n + k, k) * tokens
+    return total
+
+
+def matched_steps(heal: Path, static_config: Path) -> int:
+    cfg = load_config(static_config)
+    model, cfg = build_model(cfg, build_task(cfg.data, cfg.train.seq_len))
+    per_step = model.flops_per_token(cfg.train.seq_len) * cfg.train.batch_size * cfg.train.seq_len
+    return round(training_flops(heal) / per_step)
+
+
+def static_point(cfg: Any, model: LM) -> dict[str, Any]:
+    task = build_task(cfg.data, cfg.train.seq_len)
+    m = model_metrics(model, task, cfg.seed, EVAL_BATCHES, cfg.train.batch_size)
+    return {**m, "flops_per_token": model.flops_per_token(cfg.train.seq_len) / 3}  # training = 3 x forward
+
+
+def report(out: Path, results: Path) -> None:
+    torch.set_num_threads(1)
+    pre_cfg, pre = load_run(out / "pretrain")
+    static_cfg, static = load_run(out / "static")
+    heal_cfg, healed = load_run(out / "heal")
+    unhealed = RecurrentLM(heal_cfg.model)
+    load_model_weights(unhealed, out / "retrofit")
+    task = build_task(heal_cfg.data, heal_cfg.train.seq_len)
+    sweeps = {
+        f"retrofit (2,2,2), healed {heal_cfg.train.steps} steps": recurrence_sweep(healed, task, heal_cfg.seed, RS, EVAL_BATCHES, heal_cfg.train.batch_size, heal_cfg.train.seq_len),
+        "retrofit (2,2,2), not healed": recurrence_sweep(unhealed.eval(), task, heal_cfg.seed, RS, EVAL_BATCHES, heal_cfg.train.batch_size, heal_cfg.train.seq_len),
+    }
+    statics = {
+        f"8-layer Llama, pretrained {pre_cfg.train.steps} steps": static_point(pre_cfg, pre),
+        f"8-layer Llama, +{static_cfg.train.steps} steps (same FLOPs as healing)": static_point(static_cfg, static),
+    }
+    flops = {"heal_training_flops": training_flops(out / "heal" / "config.yaml"),
+             "static_training_flops": static.flops_per_token(static_cfg.train.seq_len) * static_cfg.train.steps * static_cfg.train.batch_size * static_cfg.train.seq_len}
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "results.json").write_text(json.dumps({"sweeps": sweeps, "static": statics, **flops}, indent=1))
+    plot_recurrence_sweep(sweeps, results / "recurrence_sweep.png", "loss", statics)
+    lines = [f"Held-out loss (nats/byte, {EVAL_BATCHES} x {heal_cfg.train.batch_size} x {heal_cfg.train.seq_len} bytes of val) "
+             f"and forward FLOPs/token. Training FLOPs: healing {flops['heal_training_flops']:.3e}, static {flops['static_training_flops']:.3e}.", "",
+             "| model | " + " | ".join(f"r={r}" for r in RS) + " |", "|---|" + "---|" * len(RS)]
+    for label, rows in sweeps.items():
+        lines.append(f"| {label} | " + " | ".join(f"{row['loss']:.4f}" for row in rows) + " |")
+    lines.append("| forward FLOPs/token (recurrent) | " + " | ".join(f"{row['flops_per_token']:.3g}" for row in next(iter(sweeps.values()))) + " |")
+    lines += ["", "| static model | loss | forward FLOPs/token |", "|---|---|---|"]
+    lines += [f"| {label} | {p['loss']:.4f} | {p['flops_per_token']:.3g} |" for label, p in statics.items()]
+    (results / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    cmd, *args = sys.argv[1:]
+    if cmd == "export":
+        export(Path(args[0]), Path(args[1]))
+    elif cmd == "matched-steps":
+        print(matched_steps(Path(args[0]), Path(args[1])))
+    elif cmd == "report":
+        report(Path(args[0]), Path(args[1]))
+    else:
+        sys.exit(f"unknown command {cmd!r}; use export | matched-steps | report")
