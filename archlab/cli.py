@@ -256,7 +256,7 @@ def export(
         fail(str(err))
     out.print(f"wrote {out_dir}: {type(hf).__name__}" + ("" if tokenizer else f" (no tokenizer: task {cfg.data.name!r} takes token ids)"))
     loader = "" if type(hf).__name__ == "LlamaForCausalLM" else "import archlab.hf; "
-    out.print(f"load: {loader}transformers.AutoModelForCausalLM.from_pretrained({str(out_dir)!r})", markup=False, highlight=False)
+    out.print(f"load: {loader}transformers.AutoModelForCausalLM.from_pretrained({str(out_dir)!r})", markup=False, highlight=False, soft_wrap=True)
 
 
 def _eval_recurrences(run: Path, cfg: RunConfig, model: Any, task: Any, recurrences: str, batches: int, bs: int) -> None:
