@@ -130,6 +130,7 @@ def train(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Train a model. Resumes automatically from the newest intact checkpoint of the run directory."""
+    from archlab.distributed import is_main_process
     from archlab.train import TrainingDiverged, train as run_train
 
     _setup_logging(verbose)
@@ -140,8 +141,9 @@ def train(
         fail(str(err))
     except TrainingDiverged as err:
         fail(str(err), code=1)
-    out.print(f"run dir: {result.run_dir}")
-    out.print(f"final train loss {result.final_loss:.4f}; eval {json.dumps(_round(result.eval))}")
+    if is_main_process():  # under torchrun, one summary
+        out.print(f"run dir: {result.run_dir}")
+        out.print(f"final train loss {result.final_loss:.4f}; eval {json.dumps(_round(result.eval))}")
 
 
 @app.command("eval")

@@ -67,6 +67,11 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     return Dist(rank, world, owns), device
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain process (from the environment; no process group needed)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def close_distributed(d: Dist) -> None:
     if d.owns_group and dist.is_initialized():
         dist.destroy_process_group()
