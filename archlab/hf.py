@@ -100,12 +100,18 @@ class ArchlabForCausalLM(PreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         archlab_cache: Cache | None = None,
         labels: torch.LongTensor | None = None,
+        r: int | None = None,
         **kwargs: Any,
     ) -> ArchlabCausalLMOutput:
-        """input_ids: [B, T] -> logits [B, T, V]; ``labels`` (HF convention: unshifted, -100 ignored) gives a mean loss."""
+        """input_ids: [B, T] -> logits [B, T, V]; ``labels`` (HF convention: unshifted, -100 ignored) gives a mean loss.
+
+        ``r``: core iterations of a recurrent model (default its ``mean_recurrence``); ``generate(..., r=8)`` passes it on.
+        """
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("archlab models take unpadded batches only (attention_mask must be all ones)")
-        logits, cache = self.model(input_ids, archlab_cache)
+        if r is not None and self.config.archlab_model.get("recurrence") is None:
+            raise ValueError("r (test-time recurrence) is only for recurrent models (model.recurrence)")
+        logits, cache = self.model(input_ids, archlab_cache) if r is None else self.model(input_ids, archlab_cache, r=r)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
@@ -116,12 +122,13 @@ class ArchlabForCausalLM(PreTrainedModel, GenerationMixin):
         return False  # archlab keeps its own per-block cache dicts
 
     def prepare_inputs_for_generation(
-        self, input_ids: torch.LongTensor, archlab_cache: Cache | None = None, attention_mask: torch.Tensor | None = None, **kwargs: Any
+        self, input_ids: torch.LongTensor, archlab_cache: Cache | None = None, attention_mask: torch.Tensor | None = None,
+        r: int | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """First step: the whole prompt into a fresh cache; later steps: only the newest token."""
         if archlab_cache is None:
-            return {"input_ids": input_ids, "archlab_cache": self.model.new_cache(), "attention_mask": attention_mask}
-        return {"input_ids": input_ids[:, -1:], "archlab_cache": archlab_cache}
+            return {"input_ids": input_ids, "archlab_cache": self.model.new_cache(), "attention_mask": attention_mask, "r": r}
+        return {"input_ids": input_ids[:, -1:], "archlab_cache": archlab_cache, "r": r}
 
     def _update_model_kwargs_for_generation(self, outputs: ModelOutput, model_kwargs: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         model_kwargs["archlab_cache"] = outputs.archlab_cache

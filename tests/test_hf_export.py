@@ -68,6 +68,21 @@ def test_export_loads_with_automodel_and_matches(family, tmp_path):
     assert theirs.tolist() == model.generate(prompt, 6).tolist()
 
 
+def test_recurrent_depth_at_test_time(tmp_path):
+    model = make(**FAMILIES["recurrent_gdn_zero_state"])
+    export_hf(model, tmp_path)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, V, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids, r=3).logits, model(ids, r=3)[0], atol=1e-5, rtol=0)
+        assert (hf(ids, r=3).logits - hf(ids).logits).abs().max() > 1e-3  # r=3 is not the default r=4
+    prompt = ids[:, :4]
+    assert hf.generate(prompt, max_new_tokens=5, do_sample=False, r=3).tolist() == model.generate(prompt, 5, r=3).tolist()
+    plain = export_hf(make(canon="A"), tmp_path / "plain")
+    with pytest.raises(ValueError, match="only for recurrent models"):
+        plain(ids, r=3)
+
+
 def test_multipliers_merge_on_a_copy(tmp_path):
     model = make(**FAMILIES["multipliers_vector_head"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
