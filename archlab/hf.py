@@ -3,7 +3,7 @@
 ``import archlab.hf`` registers model type ``archlab`` with ``AutoConfig`` / ``AutoModelForCausalLM``, so an
 exported directory loads with ``AutoModelForCausalLM.from_pretrained(DIR)`` (no ``trust_remote_code``).
 ``config.json`` stores archlab's resolved ``ModelConfig`` under ``archlab_model``; the weights are the archlab
-state_dict under the prefix ``model.``. Any archlab architecture (every mixer, Canon, residual style) is
+state_dict under the prefix ``model.``. Any archlab architecture (every mixer, Canon, residual style, recurrence) is
 therefore exported as is; learnable multipliers are merged into the weights first. Llama-shaped models are
 exported as a real ``LlamaForCausalLM`` instead (loadable without archlab).
 
