@@ -24,7 +24,7 @@ from archlab.tasks import build_task
 from archlab.train import build_model
 
 RS = [1, 2, 4, 8, 16]
-EVAL_BATCHES = 8
+EVAL_BATCHES = 6
 
 
 def load_run(run: Path) -> tuple[Any, LM]:

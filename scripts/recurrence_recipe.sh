@@ -25,5 +25,5 @@ $ARCHLAB train configs/recurrence_static.yaml out_dir="$OUT" name=static model.i
 STATIC=$!
 wait $HEAL
 wait $STATIC
-$ARCHLAB eval "$OUT/heal" --recurrences 1,2,4,8,16 --batches 2
+$ARCHLAB eval "$OUT/heal" --recurrences 1,2,4,8,16 --batches 1
 $PY scripts/recurrence_recipe.py report "$OUT" "$RESULTS"
