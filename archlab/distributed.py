@@ -119,8 +119,9 @@ class LossModule(nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, normaliser: torch.Tensor) -> torch.Tensor:
-        return self.lm.loss(ids, targets, mask, normaliser=normaliser)
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, normaliser: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """kwargs: the model's per-micro-batch arguments (e.g. depth recurrence's r, n_grad), passed to its loss."""
+        return self.lm.loss(ids, targets, mask, normaliser=normaliser, **kwargs)
 
 
 def wrap_model(lm: nn.Module, parallel: str, d: Dist, device: torch.device) -> nn.Module:
