@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -73,22 +73,34 @@ def static_point(cfg: Any, model: LM) -> dict[str, Any]:
     return {**m, "flops_per_token": model.flops_per_token(cfg.train.seq_len) / 3}  # training = 3 x forward
 
 
+def cached(path: Path, compute: Callable[[], Any]) -> Any:
+    """compute() once; the result is kept in ``path`` (JSON) so that evaluations can run as soon as their model exists."""
+    if not path.is_file():
+        path.write_text(json.dumps(compute()))
+    return json.loads(path.read_text())
+
+
+def sweep(out: Path, weights: Path) -> list[dict[str, Any]]:
+    """recurrence_sweep of the heal recipe's model with the given weights (a step_N or the retrofit directory)."""
+    cfg = load_config(out / "heal" / "config.yaml")
+    model = RecurrentLM(cfg.model)
+    load_model_weights(model, weights)
+    task = build_task(cfg.data, cfg.train.seq_len)
+    return recurrence_sweep(model.eval(), task, cfg.seed, RS, EVAL_BATCHES, cfg.train.batch_size, cfg.train.seq_len)
+
+
 def report(out: Path, results: Path) -> None:
     torch.set_num_threads(1)
-    pre_cfg, pre = load_run(out / "pretrain")
-    static_cfg, static = load_run(out / "static")
-    heal_cfg, healed = load_run(out / "heal")
-    unhealed = RecurrentLM(heal_cfg.model)
-    load_model_weights(unhealed, out / "retrofit")
-    task = build_task(heal_cfg.data, heal_cfg.train.seq_len)
+    pre_cfg, static_cfg, heal_cfg = (load_config(out / name / "config.yaml") for name in ("pretrain", "static", "heal"))
     sweeps = {
-        f"retrofit (2,2,2), healed {heal_cfg.train.steps} steps": recurrence_sweep(healed, task, heal_cfg.seed, RS, EVAL_BATCHES, heal_cfg.train.batch_size, heal_cfg.train.seq_len),
-        "retrofit (2,2,2), not healed": recurrence_sweep(unhealed.eval(), task, heal_cfg.seed, RS, EVAL_BATCHES, heal_cfg.train.batch_size, heal_cfg.train.seq_len),
+        f"retrofit (2,2,2), healed {heal_cfg.train.steps} steps": cached(out / "eval_heal.json", lambda: sweep(out, latest_intact(out / "heal")[0].path)),
+        "retrofit (2,2,2), not healed": cached(out / "eval_retrofit.json", lambda: sweep(out, out / "retrofit")),
     }
     statics = {
-        f"8-layer Llama, pretrained {pre_cfg.train.steps} steps": static_point(pre_cfg, pre),
-        f"8-layer Llama, +{static_cfg.train.steps} steps (same FLOPs as healing)": static_point(static_cfg, static),
+        f"8-layer Llama, pretrained {pre_cfg.train.steps} steps": cached(out / "eval_pretrain.json", lambda: static_point(*load_run(out / "pretrain"))),
+        f"8-layer Llama, +{static_cfg.train.steps} steps (same FLOPs as healing)": cached(out / "eval_static.json", lambda: static_point(*load_run(out / "static"))),
     }
+    static = build_model(static_cfg, build_task(static_cfg.data, static_cfg.train.seq_len))[0]
     flops = {"heal_training_flops": training_flops(out / "heal" / "config.yaml"),
              "static_training_flops": static.flops_per_token(static_cfg.train.seq_len) * static_cfg.train.steps * static_cfg.train.batch_size * static_cfg.train.seq_len}
     results.mkdir(parents=True, exist_ok=True)
