@@ -147,11 +147,6 @@ def wrap_model(lm: nn.Module, parallel: str, d: Dist, device: torch.device) -> n
     return LossModule(lm)
 
 
-def full_grad_norm(norm: Any) -> float:
-    """A grad norm as a float; under FSDP2 it is a DTensor that must be gathered first."""
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-
-
 def save_sharded(run_dir: Path, step: int, lm: nn.Module, optimizers: list[torch.optim.Optimizer],
                  extra: dict[str, Any], keep_last: int, d: Dist) -> Path:
     """Write ``step_N/{dcp/, model.safetensors, state.json}`` (all ranks call this); rank 0 renames it into place."""

@@ -38,9 +38,6 @@ class Corpus:
     tokenizer: Tokenizer
     splits: dict[str, list[np.ndarray]]
 
-    def n_tokens(self, split: str) -> int:
-        return sum(len(a) for a in self.splits[split])
-
 
 def split_of(index: int, val_fraction: float) -> str:
     return "val" if math.ceil((index + 1) * val_fraction) > math.ceil(index * val_fraction) else "train"
