@@ -23,10 +23,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from archlab.runinfo import git_commit
-
 SCHEMA = 1
 
 
@@ -57,6 +53,10 @@ def cpu_name() -> str:
 
 def meta() -> dict:
     """Where and when a result was measured (the load average says how busy the shared machine was)."""
+    import torch  # here, not at the top: compare.py reads result files without torch
+
+    from archlab.runinfo import git_commit
+
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "git_commit": git_commit(Path(__file__).resolve().parent),
