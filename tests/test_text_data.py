@@ -94,6 +94,10 @@ def test_text_task_on_prepared_dataset_and_default(corpus_dir, tmp_path):
     assert torch.equal(tokens, task.batch("train", 0, 0, 5, 4)[0])
     default = build_task(load_config(None, []).data, 64)  # Python stdlib sources, byte-level
     assert default.vocab_size == 257 and default.decode(default.encode("def f(): ✓")) == "def f(): ✓"
+    ByteTokenizer().save(tmp_path / "tok")  # an HF tokenizer directory, tokenising the sources in memory
+    hf = build_task(load_config(None, [f"data.paths=[{root},{saved}]", "data.glob='*'", "data.val_fraction=0.1", f"data.tokenizer={tmp_path / 'tok'}"]).data, 16)
+    assert hf.vocab_size == 257 and hf.encode("é✓") == list("é✓".encode())
+    assert torch.equal(hf.batch("val", 0, 0, 0, 4)[0], task.batch("val", 0, 0, 0, 4)[0])  # same ids, same split
     with pytest.raises(ConfigError, match="data.dataset brings its own corpus"):
         load_config(None, [f"data.dataset={tmp_path}", "data.tokenizer=x"])
 
