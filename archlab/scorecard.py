@@ -295,6 +295,7 @@ def plot_task(results: list[CellResult], task: str, path: Path) -> None:
             xs = [int(re.sub(r"\D", "", c)) for c in r.cell.columns]
             stats = [mean_std(r.values[c]) if r.values[c] else (float("nan"), 0.0) for c in r.cell.columns]
             axes[0][1].errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=r.cell.arch)
+            axes[0][1].set_xticks(xs)
     axes[0][0].set(xscale="log", xlabel="learning rate", ylabel=cells[0].cell.headline, title=f"{task}: {cells[0].cell.headline} vs LR")
     if many:
         axes[0][1].set(xlabel="k (hops)" if task == "depo" else "ℓ (operations)", ylabel="accuracy", title=f"{task}: per column at the best LR")
@@ -310,6 +311,8 @@ def plot_task(results: list[CellResult], task: str, path: Path) -> None:
 def write_report(out: Path, title: str, arch_order: list[str] | None = None) -> Path:
     """``scorecard.md`` + ``heatmap.png`` + ``task_<task>.png`` from whatever has finished under ``out``."""
     results = [r for r in collect(out) if arch_order is None or r.cell.arch in arch_order]
+    if arch_order:
+        results.sort(key=lambda r: arch_order.index(r.cell.arch))
     if not results:
         raise FileNotFoundError(f"{out}: no scorecard cells (cell.json) found")
     lines = [f"# Scorecard: {title}", "", "Best of the LR grid per cell (by the first metric of each task), mean ± std "
