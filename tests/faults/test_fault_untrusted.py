@@ -4,7 +4,6 @@ import hashlib
 import json
 import os
 import pickle
-import shutil
 
 import pytest
 import torch
