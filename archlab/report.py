@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from archlab.plots import plt
-from archlab.sweep import load_results
+from archlab.sweep import SWEEP_FILE, load_results
 
 Arm = tuple[tuple[str, Any], ...]
 
@@ -70,14 +70,17 @@ def best_lr_per_arm(rows: list[dict[str, Any]], metric: str, lr_key: str, higher
     return best
 
 
-def paired_section(best: dict[Arm, list[dict[str, Any]]], metric: str, compare_key: str | None) -> list[str]:
-    """Paired differences over seeds (same seed = same data order and init) with an exact sign-flip p-value."""
+def paired_section(best: dict[Arm, list[dict[str, Any]]], metric: str, compare_key: str | None,
+                   grid: dict[str, list[Any]] | None = None) -> list[str]:
+    """Paired differences over seeds (same seed = same data order and init) with an exact sign-flip p-value.
+    The baseline value of ``compare_key`` is its first value in the sweep's grid."""
     arms = list(best)
     if compare_key is None:
         pairs = [(arms[0], arm) for arm in arms[1:]]
         title = f"against `{arm_label(arms[0])}`" if arms else ""
     else:
-        values = list(dict.fromkeys(dict(a)[compare_key] for a in arms if compare_key in dict(a)))
+        present = [dict(a)[compare_key] for a in arms if compare_key in dict(a)]
+        values = [v for v in (grid or {}).get(compare_key, []) if v in present] or list(dict.fromkeys(present))
         if not values:
             raise ValueError(f"compare key {compare_key!r} is not a swept key")
         base_of = lambda a: tuple((k, values[0] if k == compare_key else v) for k, v in a)  # noqa: E731
@@ -232,7 +235,8 @@ def build_report(sweep_dir: Path, metric: str = "val_loss", lr_key: str | None =
             vals = [m for r in rows if (m := metric_of(r, metric)) is not None]
             lines.append(f"| {arm_label(arm)} | {rows[0]['params'][lr_key]} | {len(vals)} | {fmt(vals)} |")
 
-    lines += paired_section(best, metric, compare_key)
+    meta = sweep_dir / SWEEP_FILE
+    lines += paired_section(best, metric, compare_key, json.loads(meta.read_text())["grid"] if meta.is_file() else None)
     if lr_key:
         lines += stability_section(rows_all, lr_key, sweep_dir)
 
