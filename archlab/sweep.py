@@ -108,7 +108,7 @@ def load_sweep_file(path: Path) -> SweepPlan:
     if not isinstance(report, dict) or set(report) - REPORT_KEYS:
         raise ConfigError(f"{path}: 'report' takes only {sorted(REPORT_KEYS)}, got {report!r}")
     base = tree.get("base")
-    return SweepPlan((path.parent / base).resolve() if base else None, [str(o) for o in tree.get("overrides") or []],
+    return SweepPlan(Path(os.path.normpath(path.parent / base)) if base else None, [str(o) for o in tree.get("overrides") or []],
                      {str(k): ["" if x is None else x for x in v] for k, v in grid.items()}, seeds, report)
 
 
