@@ -3,7 +3,7 @@
 #   1. pretrain an 8-layer Llama-shaped byte-level model on local text (Python stdlib sources)
 #   2. export it as an HF LlamaForCausalLM directory (save_pretrained)
 #   3. retrofit it: prelude = layers 0-1, core = 4-5, coda = 6-7 (the paper's rule for --layers 2,2,2)
-#   4. heal the recurrent model with the 1-sqrt curriculum to mean r = 4 (Muon + AdamW), 60 and 180 steps
+#   4. heal the recurrent model with the 1-sqrt curriculum to mean r = 4 (Muon + AdamW), 60 and 120 steps
 #   5. keep training the static 8-layer model with the same optimiser for the same training FLOPs
 #   6. r sweep of the healed model (CLI table + plot), then every model on the same held-out batches
 # Usage: scripts/recurrence_recipe.sh [OUT_DIR] [RESULTS_DIR]   (1 thread per run; ~35 min wall on an idle 2-core box)
@@ -29,6 +29,6 @@ run_pair() {  # HEAL_NAME STATIC_NAME N
   wait $static
 }
 run_pair heal static 60
-run_pair heal180 static180 180
-$ARCHLAB eval "$OUT/heal180" --recurrences 1,2,4,8,16 --batches 1
-$PY scripts/recurrence_recipe.py report "$OUT" "$RESULTS" heal:static heal180:static180
+run_pair heal120 static120 120
+$ARCHLAB eval "$OUT/heal120" --recurrences 1,2,4,8,16 --batches 1
+$PY scripts/recurrence_recipe.py report "$OUT" "$RESULTS" heal:static heal120:static120
