@@ -97,6 +97,23 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([xr * cos + rotate_half(xr) * sin, xp], dim=-1)
 
 
+def append_kv(state: dict, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write k, v [B, Hkv, T, hd] at positions start.. of a preallocated cache; state["k"], state["v"] become
+    views [B, Hkv, start+T, hd] of it. The buffer doubles when full, so a decoding step copies its own token,
+    not the whole cache (torch.cat per step made archlab's generate slower than transformers')."""
+    end = start + k.shape[2]
+    buf = state.get("kv_buf")  # [2, B, Hkv, capacity, hd]
+    if buf is None or buf.shape[3] < end or buf.dtype != k.dtype:
+        grown = k.new_empty(2, *k.shape[:2], max(2 * end, 64), k.shape[3])
+        if start:
+            grown[:, :, :, :start] = buf[:, :, :, :start]
+        buf = state["kv_buf"] = grown
+    buf[0, :, :, start:end] = k
+    buf[1, :, :, start:end] = v
+    state["k"], state["v"] = buf[0, :, :, :end], buf[1, :, :, :end]
+    return state["k"], state["v"]
+
+
 @MIXERS.register("attention", AttentionConfig)
 class Attention(Mixer):
     def __init__(self, cfg: AttentionConfig, model_cfg: "ModelConfig", layer_idx: int):
@@ -136,11 +153,13 @@ class Attention(Mixer):
         if self.rotary is not None:
             cos, sin = self.rotary(start, T)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if state is not None:
-            if start:
+        if state is not None and (torch.is_grad_enabled() and k.requires_grad):
+            if start:  # decoding with autograd on: keep the new keys' graph
                 k = torch.cat([state["k"], k], dim=2)
                 v = torch.cat([state["v"], v], dim=2)
             state["k"], state["v"] = k.detach(), v.detach()
+        elif state is not None:
+            k, v = append_kv(state, start, k, v)
         y = self._attend(q, k, v, start)  # [B, H, T, hd]
         y = y.transpose(1, 2).reshape(B, T, self.q_dim)
         return linear(y, self.wo.weight), state
