@@ -211,7 +211,7 @@ TRAIN_CASES = [(s, m) for m in ("attention", "gla") for s in STYLES]
 
 @pytest.mark.parametrize("style,mixer", TRAIN_CASES)
 def test_every_style_trains(tmp_path, style, mixer):
-    """30 steps, AdamW 1e-2, text bytes: the loss falls from ln 256 = 5.55 to below 3.0 (measured 2.26 - 2.59
-    with attention, 2.25 for KEEL with GLA)."""
+    """30 steps, AdamW 1e-2, text bytes: the training loss falls from ln 257 = 5.55 to below 3.3 (measured on the
+    document-packed byte corpus: 2.62 - 2.94 with attention, 2.61 - 3.11 with GLA; sandwich is the slowest)."""
     ms = run(tmp_path, style, 2, 30, 1e-2, mixer, **{"train.batch_size": 8, "train.seq_len": 32, "train.log_every": 30})
-    assert ms[-1]["loss"] < 3.0, ms[-1]["loss"]
+    assert ms[-1]["loss"] < 3.3, ms[-1]["loss"]
