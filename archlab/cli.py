@@ -185,11 +185,17 @@ def generate(
     temperature: float = typer.Option(0.8, min=0.0),
     top_k: Optional[int] = typer.Option(None, min=1),
     seed: int = typer.Option(0),
+    recurrences: Optional[int] = typer.Option(None, "--recurrences", "-r", min=1, help="recurrent models: core iterations (default: model.recurrence.mean_recurrence)"),
 ) -> None:
     """Sample a continuation from a run's newest checkpoint."""
     import torch
 
     cfg, model, task = _load_run_model(run)
+    extra = {}
+    if recurrences is not None:
+        if cfg.model.recurrence is None:
+            fail(f"{run}: --recurrences needs a recurrent model (model.recurrence is not set)")
+        extra["r"] = recurrences
     encode = getattr(task, "encode", None)
     if encode is not None:
         ids = encode(prompt or "\n")
@@ -199,7 +205,7 @@ def generate(
         except ValueError:
             fail(f"task {cfg.data.name!r} takes token ids as the prompt, got {prompt!r}")
     g = torch.Generator().manual_seed(seed)
-    outp = model.generate(torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k, generator=g)
+    outp = model.generate(torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k, generator=g, **extra)
     out.print(task.decode(outp[0].tolist()), highlight=False, markup=False)
 
 

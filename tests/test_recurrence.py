@@ -232,3 +232,7 @@ def test_cli_eval_recurrence_sweep(tmp_path):
     plain = train(load_config(None, TRAIN[:-1] + ["train.steps=1", f"out_dir={tmp_path}", "name=plain"])).run_dir
     res = CliRunner().invoke(app, ["eval", str(plain), "--recurrences", "1,2"])
     assert res.exit_code == 2 and "needs a recurrent model" in res.output
+    gen = CliRunner().invoke(app, ["generate", str(run), "-r", "3", "--max-new-tokens", "5", "--prompt", "def "])
+    assert gen.exit_code == 0 and gen.output.startswith("def "), gen.output
+    gen = CliRunner().invoke(app, ["generate", str(plain), "-r", "3", "--max-new-tokens", "5"])
+    assert gen.exit_code == 2 and "needs a recurrent model" in gen.output
