@@ -29,6 +29,7 @@ from archlab.model.mixers import MIXERS, Mixer, MixerConfig
 from archlab.model.mixers.short_conv import (
     ShortConvs,
     acc,
+    recurrent_core_inputs,
     fla_op,
     fp32_core,
     from_chunks,
@@ -59,12 +60,8 @@ def fused_recurrent_gated_delta_rule(
     output_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token-by-token gated delta rule; state [B, H, K, V] in fp32."""
-    B, T, H, K = q.shape
-    scale = K**-0.5 if scale is None else scale
-    out_dtype = v.dtype
-    q, k, v, g, beta = (acc(t) for t in (q, k, v, g, beta))
-    q = q * scale
-    S = q.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else acc(initial_state)
+    T = q.shape[1]
+    (q, k, v, g, beta), S, out_dtype = recurrent_core_inputs(q, k, v, g, beta, scale=scale, initial_state=initial_state)
     out = []
     for t in range(T):
         S = g[:, t, :, None, None].exp() * S

@@ -26,7 +26,7 @@ from archlab.model.canon import apply_canon, maybe_canon
 from archlab.model.mixers import MIXERS, Mixer, MixerConfig
 from archlab.model.mixers.short_conv import (
     ShortConvs,
-    acc,
+    recurrent_core_inputs,
     chunk_states,
     fla_op,
     fp32_core,
@@ -55,12 +55,8 @@ def fused_recurrent_gla(
     output_final_state: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token-by-token GLA. q, k, gk: [B, T, H, K]; v: [B, T, H, V]; state [B, H, K, V] (fp32)."""
-    B, T, H, K = q.shape
-    scale = K**-0.5 if scale is None else scale
-    out_dtype = v.dtype
-    q, k, v, gk = (acc(t) for t in (q, k, v, gk))
-    q = q * scale
-    S = q.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else acc(initial_state)
+    T = q.shape[1]
+    (q, k, v, gk), S, out_dtype = recurrent_core_inputs(q, k, v, gk, scale=scale, initial_state=initial_state)
     out = []
     for t in range(T):
         S = gk[:, t, :, :, None].exp() * S + k[:, t, :, :, None] * v[:, t, :, None, :]

@@ -27,6 +27,7 @@ from archlab.model.canon import Canon, apply_canon, maybe_canon
 from archlab.model.mixers import MIXERS, Mixer, MixerConfig
 from archlab.model.mixers.short_conv import (
     acc,
+    recurrent_core_inputs,
     chunk_states,
     fla_op,
     fp32_core,
@@ -57,14 +58,9 @@ def fused_recurrent_simple_gla(
     """Token-by-token S_t = exp(g_t) S_{t-1} + k_t v_tᵀ, o_t = scale·S_tᵀ q_t. g: [B, T, H]; state [B, H, K, V].
 
     q, k may have fewer heads than v (see :func:`chunk_simple_gla`)."""
-    B, T, Hq, K = q.shape
-    H = v.shape[2]
-    scale = K**-0.5 if scale is None else scale
-    out_dtype = v.dtype
+    T, Hq, H = q.shape[1], q.shape[2], v.shape[2]
     q, k = (t.repeat_interleave(H // Hq, dim=2) if H != Hq else t for t in (q, k))  # grouped q/k, as chunk_simple_gla
-    q, k, v, g = (acc(t) for t in (q, k, v, g))
-    q = q * scale
-    S = q.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else acc(initial_state)
+    (q, k, v, g), S, out_dtype = recurrent_core_inputs(q, k, v, g, scale=scale, initial_state=initial_state)
     out = []
     for t in range(T):
         S = g[:, t, :, None, None].exp() * S + k[:, t, :, :, None] * v[:, t, :, None, :]

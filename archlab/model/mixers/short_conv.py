@@ -121,6 +121,20 @@ def acc(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
+def recurrent_core_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *gates: torch.Tensor,
+    scale: float | None, initial_state: torch.Tensor | None,
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.dtype]:
+    """The shared start of the token-by-token cores: ((q·scale, k, v, *gates) in :func:`acc` dtype,
+    state S [B, H, K, V] (zeros or ``initial_state``), output dtype = v's). scale defaults to K^-0.5."""
+    B, _, H, K = q.shape
+    scale = K**-0.5 if scale is None else scale
+    out_dtype = v.dtype
+    q, k, v, *gates = (acc(t) for t in (q, k, v, *gates))
+    S = q.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else acc(initial_state)
+    return (q * scale, k, v, *gates), S, out_dtype
+
+
 def to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:
     """[B, T, H, *rest] -> [B, H, N, C, *rest] in fp32 (fp64 stays), the tail zero-padded to N*C steps.
 
