@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from archlab.checkpoint import MODEL_FILE, SCHEMA_VERSION, STATE_FILE, list_checkpoints, rng_state, sha256, write_json_atomic
+from archlab.model.compile import block_list
 
 DCP_DIR = "dcp"
 
@@ -137,7 +138,7 @@ def wrap_model(lm: nn.Module, parallel: str, d: Dist, device: torch.device) -> n
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     flags = {n: {k: v for k, v in vars(p).items() if k.startswith("_") and not k.startswith("__")} for n, p in lm.named_parameters()}
-    for block in [m for lst in lm.children() if isinstance(lst, nn.ModuleList) for m in lst]:  # blocks / prelude, core, coda
+    for block in block_list(lm):  # blocks / prelude, core, coda
         fully_shard(block)
     fully_shard(lm)
     register_fsdp_forward_method(lm, "loss")

@@ -45,6 +45,7 @@ from archlab.distributed import (
 )
 from archlab.divergence import DivergenceGuard, TrainingDiverged
 from archlab.evaluate import autocast_context, masked_loss_eval
+from archlab.model.compile import compile_blocks
 from archlab.model.lm import LM
 from archlab.model.recurrence import build_lm
 from archlab.norm_stats import NormStats
@@ -96,7 +97,7 @@ def build_model(cfg: RunConfig, task: Task) -> tuple[LM, RunConfig]:
 
 
 # Settings that may change between a run and its resumption without changing what is computed.
-RESUME_FREE_KEYS = {"out_dir": None, "name": None, "train": ("steps", "threads", "log_every", "ckpt_every", "keep_last", "parallel", "nonfinite", "max_skipped_steps")}
+RESUME_FREE_KEYS = {"out_dir": None, "name": None, "train": ("steps", "threads", "log_every", "ckpt_every", "keep_last", "parallel", "nonfinite", "max_skipped_steps", "compile")}
 
 
 def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
@@ -182,6 +183,8 @@ def _train(cfg: RunConfig, run_dir: str | Path | None, resume: str, progress: Pr
     task = build_task(cfg.data, tc.seq_len)
     model, cfg = build_model(cfg, task)
     model.to(device)
+    if tc.compile:
+        compile_blocks(model, tc.seq_len)
     loss_fn = wrap_model(model, tc.parallel, d, device)  # model.loss, wrapped by DDP / FSDP2 under torchrun
     opt = build_optimizers(model, cfg.optim)
 

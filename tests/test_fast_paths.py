@@ -28,7 +28,7 @@ def test_canon_equals_conv1d_with_gradients(residual: bool, activation: bool) ->
     assert (gw - gw_ref).abs().max() < 1e-12
 
 
-needs_emulation = pytest.mark.skipif(not cpu_bf16._cpu_lacks_bf16(), reason="this CPU has native bf16 kernels")
+needs_emulation = pytest.mark.skipif(not cpu_bf16.CPU_LACKS_BF16, reason="this CPU has native bf16 kernels")
 
 
 @needs_emulation
@@ -59,3 +59,20 @@ def test_emulated_sdpa_matches_torch_bf16_autocast() -> None:
         y = cpu_bf16.sdpa(q, k, v, is_causal=True)
     assert y.dtype == torch.bfloat16
     assert (y.float() - ref.float()).abs().max() <= 2**-7
+
+
+def test_silu_mul_equals_autograd_and_saves_less() -> None:
+    from archlab.model.mlp import SiluMul
+
+    torch.manual_seed(0)
+    gate, up = (torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    g = torch.randn(3, 7, 16, dtype=torch.float64)
+    ref = F.silu(gate) * up
+    y = SiluMul.apply(gate, up)
+    assert (y - ref).abs().max() < 1e-12
+    for a, b in zip(torch.autograd.grad(y, (gate, up), g), torch.autograd.grad(ref, (gate, up), g)):
+        assert (a - b).abs().max() < 1e-12
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        SiluMul.apply(gate, up)
+    assert len(saved) == 2  # gate and up only (autograd's version also keeps silu(gate))

@@ -50,13 +50,21 @@ class Canon(nn.Module):
         if self.residual and not self.activation:  # x + conv(x) = conv with 1 added to the current tap
             taps = torch.cat([taps[:-1], taps[-1:] + 1])
         acc = torch.promote_types(x.dtype, torch.float32)  # fp32 math under bf16 training (fp64 stays)
-        y = CausalDepthwiseConv.apply(padded.to(acc), taps.to(acc)).to(x.dtype)
+        conv = causal_depthwise_conv if torch.compiler.is_compiling() else CausalDepthwiseConv.apply
+        y = conv(padded.to(acc), taps.to(acc)).to(x.dtype)
         if self.activation:
             y = F.silu(y)
         return x + y if self.residual and self.activation else y
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, kernel={self.kernel}, residual={self.residual}, activation={self.activation}"
+
+
+def causal_depthwise_conv(p: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """y_t = sum_k taps_k * p_{t+k}: p [B, K-1+T, C] (left-padded), taps [K, C] -> y [B, T, C]. The form for
+    torch.compile, which fuses the K shifted products (and their autograd backward) into one loop."""
+    K, T = taps.shape[0], p.shape[1] - taps.shape[0] + 1
+    return sum(p[:, k : k + T] * taps[k] for k in range(K))
 
 
 class CausalDepthwiseConv(torch.autograd.Function):

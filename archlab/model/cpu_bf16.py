@@ -13,15 +13,12 @@ Where the CPU has native bf16 (or off the CPU, or outside bf16 autocast) both ar
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
 
-@functools.cache
-def _cpu_lacks_bf16() -> bool:
-    return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+# A constant, not a call: torch.compile traces ``emulating`` and cannot trace this query (it returns a bool).
+CPU_LACKS_BF16 = not torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def emulating(x: torch.Tensor) -> bool:
@@ -30,7 +27,7 @@ def emulating(x: torch.Tensor) -> bool:
         x.device.type == "cpu"
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and _cpu_lacks_bf16()
+        and CPU_LACKS_BF16
     )
 
 
@@ -69,10 +66,21 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _EmulatedLinear.apply(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
 
 
+def _pack_bf16(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Saved [B, H, T, hd] fp32 tensors of the emulated attention are stored in bf16, as a bf16 kernel stores
+    them: q, k, v are bf16 values already (exact); the output is rounded as the bf16 kernel's output is."""
+    return (t.to(torch.bfloat16), True) if t.dtype == torch.float32 and t.dim() == 4 else (t, False)
+
+
+def _unpack_bf16(packed: tuple[torch.Tensor, bool]) -> torch.Tensor:
+    t, was_fp32 = packed
+    return t.float() if was_fp32 else t
+
+
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
     """F.scaled_dot_product_attention(q, k, v, **kwargs); q: [B, H, T, hd], k, v: [B, Hkv, S, hd]."""
     if not emulating(q):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
-    with torch.autocast("cpu", enabled=False):
+    with torch.autocast("cpu", enabled=False), torch.autograd.graph.saved_tensors_hooks(_pack_bf16, _unpack_bf16):
         y = F.scaled_dot_product_attention(_rounded(q), _rounded(k), _rounded(v), **kwargs)
     return y.to(torch.bfloat16)

@@ -16,6 +16,25 @@ if TYPE_CHECKING:
     from archlab.config import ModelConfig
 
 
+class SiluMul(torch.autograd.Function):
+    """silu(gate) * up that saves only gate and up (views of one projection output) and recomputes the
+    sigmoid in backward: autograd's F.silu(gate) * up also keeps silu(gate), a third [B, T, ffn] tensor."""
+
+    @staticmethod
+    def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:  # [..., ffn] each
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gate, up = ctx.saved_tensors
+        acc = torch.promote_types(gate.dtype, torch.float32)  # fp32 math for bf16 inputs
+        gate32, s = gate.to(acc), torch.sigmoid(gate.to(acc))
+        silu = gate32 * s
+        d_gate = g.to(acc) * up.to(acc) * s * (1 + gate32 * (1 - s))  # d silu(x)/dx = s (1 + x (1 - s))
+        return d_gate.to(gate.dtype), (g.to(acc) * silu).to(up.dtype)
+
+
 class MLP(nn.Module):
     """swiglu: w_down(silu(gate) * up) with [gate, up] = w_in(x); gelu: w_down(gelu(w_in(x)))."""
 
@@ -36,8 +55,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:  # [B, T, D]
         h = apply_canon(self.canon_d, linear(x, self.w_in.weight), cache, "canon_d")
         if self.kind == "swiglu":
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
+            h = SiluMul.apply(*h.chunk(2, dim=-1))
         else:
             h = F.gelu(h)
         return linear(h, self.w_down.weight)

@@ -148,7 +148,8 @@ class Attention(Mixer):
         q, k, v = qkv.split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
         k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
-        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        # a copy: attention saves v for backward, and a view would keep all of qkv (q, k are rotated copies)
+        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2).contiguous()
         start = 0 if state is None or "k" not in state else state["k"].shape[2]
         if self.rotary is not None:
             cos, sin = self.rotary(start, T)
