@@ -15,6 +15,11 @@ attention is plain SDPA with 4 heads of 64.
 
     python benchmarks/mixer_throughput.py                    # d=256, T=512/2048/8192, 1 thread
     python benchmarks/mixer_throughput.py --threads 2 --reps 2 --seq-lens 512 2048 --json results/bench/mixers.json
+    python benchmarks/mixer_throughput.py --seq-lens 2048 --compile    # adds each mixer with torch.compile
+
+``--compile`` adds a "+compile" twin of every mixer (``module.compile(dynamic=False)``, as ``train.compile=true``
+compiles blocks), timed in the same rotation after a warm-up step that pays its compile time; ratios stay
+against eager attention.
 """
 
 from __future__ import annotations
@@ -38,7 +43,15 @@ MIXERS = {
 }
 
 
+COMPILED = "+compile"
+
+
 def build(name: str, d: int) -> torch.nn.Module:
+    """The mixer ``name`` (``NAME+compile``: compiled with static shapes)."""
+    if name.endswith(COMPILED):
+        m = build(name.removesuffix(COMPILED), d)
+        m.compile(dynamic=False)
+        return m
     mixer, canon = MIXERS[name]
     cfg = ModelConfig(vocab_size=256, d_model=d, n_layers=2, mixer=mixer, canon=canon)
     torch.manual_seed(0)
@@ -99,6 +112,7 @@ def main() -> None:
     ap.add_argument("--mixers", nargs="+", default=list(MIXERS), choices=list(MIXERS))
     ap.add_argument("--decode-contexts", type=int, nargs="+", default=[128, 2048])
     ap.add_argument("--decode-steps", type=int, default=16)
+    ap.add_argument("--compile", action="store_true", help="also time every mixer compiled (training only)")
     ap.add_argument("--json", help="write the result file here")
     ap.add_argument("--memory-child", nargs=4, metavar=("MIXER", "B", "T", "D"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -115,8 +129,9 @@ def main() -> None:
     print(f"# mixer throughput: d={d}, fp32, {info['cpu']}, torch {info['torch']}, {args.threads} thread(s), "
           f"{args.tokens} tokens per step, best of {args.reps}, load {info['load_avg']}\n", flush=True)
     speed = {}
+    timed = names + ([n + COMPILED for n in names] if args.compile else [])
     for T in Ts:
-        speed[T] = time_training(names, batch[T], T, d, args.reps)
+        speed[T] = time_training(timed, batch[T], T, d, args.reps)
         print(f"  trained T={T}", flush=True)
     memory = {(n, T): peak_memory(n, batch[T], T, d, args.threads) for n in names for T in Ts}
     print("  measured memory", flush=True)
@@ -142,6 +157,11 @@ def main() -> None:
         metrics = {f"tok_s_T{T}": speed[T][n] for T in Ts} | {f"peak_mib_T{T}": memory[n, T] for T in Ts}
         metrics |= {f"vs_attention_T{T}": speed[T][n] / speed[T][ref] for T in Ts} if ref else {}
         metrics |= {f"decode_ms_at_{c}": decode[n, c] for c in args.decode_contexts}
+        rows.append({"key": {"mixer": n, "d_model": d}, "metrics": metrics})
+    for n in timed[len(names):]:  # compiled twins: training speed only
+        table.append([n, ""] + [f"{speed[T][n]:,.0f}" for T in Ts] + ([f"{speed[T][n] / speed[T][ref]:.2f}x" for T in Ts] if ref else [])
+                     + ["—"] * (len(Ts) + len(args.decode_contexts)))
+        metrics = {f"tok_s_T{T}": speed[T][n] for T in Ts} | ({f"vs_attention_T{T}": speed[T][n] / speed[T][ref] for T in Ts} if ref else {})
         rows.append({"key": {"mixer": n, "d_model": d}, "metrics": metrics})
     print(markdown_table(head, table))
     lower = [f"peak_mib_T{T}" for T in Ts] + [f"decode_ms_at_{c}" for c in args.decode_contexts]

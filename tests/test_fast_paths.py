@@ -62,7 +62,7 @@ def test_emulated_sdpa_matches_torch_bf16_autocast() -> None:
 
 
 def test_silu_mul_equals_autograd_and_saves_less() -> None:
-    from archlab.model.mlp import SiluMul
+    from archlab.model.fused import SiluMul
 
     torch.manual_seed(0)
     gate, up = (torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True) for _ in range(2))

@@ -11,28 +11,10 @@ from torch import nn
 
 from archlab.model.canon import apply_canon, maybe_canon
 from archlab.model.cpu_bf16 import linear
+from archlab.model.fused import silu_mul
 
 if TYPE_CHECKING:
     from archlab.config import ModelConfig
-
-
-class SiluMul(torch.autograd.Function):
-    """silu(gate) * up that saves only gate and up (views of one projection output) and recomputes the
-    sigmoid in backward: autograd's F.silu(gate) * up also keeps silu(gate), a third [B, T, ffn] tensor."""
-
-    @staticmethod
-    def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:  # [..., ffn] each
-        ctx.save_for_backward(gate, up)
-        return F.silu(gate) * up
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gate, up = ctx.saved_tensors
-        acc = torch.promote_types(gate.dtype, torch.float32)  # fp32 math for bf16 inputs
-        gate32, s = gate.to(acc), torch.sigmoid(gate.to(acc))
-        silu = gate32 * s
-        d_gate = g.to(acc) * up.to(acc) * s * (1 + gate32 * (1 - s))  # d silu(x)/dx = s (1 + x (1 - s))
-        return d_gate.to(gate.dtype), (g.to(acc) * silu).to(up.dtype)
 
 
 class MLP(nn.Module):
@@ -55,7 +37,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:  # [B, T, D]
         h = apply_canon(self.canon_d, linear(x, self.w_in.weight), cache, "canon_d")
         if self.kind == "swiglu":
-            h = SiluMul.apply(*h.chunk(2, dim=-1))
+            h = silu_mul(*h.chunk(2, dim=-1))
         else:
             h = F.gelu(h)
         return linear(h, self.w_down.weight)

@@ -29,6 +29,7 @@ from archlab.model.mixers import MIXERS, Mixer, MixerConfig
 from archlab.model.mixers.short_conv import (
     ShortConvs,
     acc,
+    causal_decay,
     recurrent_core_inputs,
     fla_op,
     fp32_core,
@@ -99,8 +100,7 @@ def chunk_gated_delta_rule(
     q, k, v = (to_chunks(t, C) for t in (q, k, v))  # [B, H, N, C, K|V]
     G = to_chunks(g, C).cumsum(dim=-1)  # [B, H, N, C]
     beta = to_chunks(beta, C)  # [B, H, N, C]
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    Gamma = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, -math.inf).exp()  # [B, H, N, C, C]
+    Gamma = causal_decay(G)  # [B, H, N, C, C]
     L = (beta[..., None] * (k @ k.transpose(-1, -2)) * Gamma).tril(-1)
     rhs = torch.cat([beta[..., None] * v, (beta * G.exp())[..., None] * k], dim=-1)  # [B, H, N, C, V+K]
     U_tilde, W = torch.linalg.solve_triangular(L, rhs, upper=False, unitriangular=True).split([V, K], dim=-1)

@@ -24,9 +24,11 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from archlab.model.canon import Canon, apply_canon, maybe_canon
+from archlab.model.fused import silu_mul
 from archlab.model.mixers import MIXERS, Mixer, MixerConfig
 from archlab.model.mixers.short_conv import (
     acc,
+    causal_decay,
     recurrent_core_inputs,
     chunk_states,
     fla_op,
@@ -101,8 +103,7 @@ def chunk_simple_gla(
     N = q.shape[2]
     G = to_chunks(g, C).cumsum(dim=-1)  # [B, H, N, C]
     q = q * scale
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    decay = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, -math.inf).exp()  # [B, H, N, C, C]
+    decay = causal_decay(G)  # [B, H, N, C, C]
     A = (q @ k.transpose(-1, -2))[:, :, None] * decay.view(B, Hq, R, N, C, C)  # [B, Hq, R, N, C, C]
     o = (A @ v.view(B, Hq, R, N, C, V)).view(B, H, N, C, V)
     final = None
@@ -245,6 +246,8 @@ class Mamba2(Mixer):
 
     def _gated_norm(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """RMSNorm(y · silu(z)) over groups of d_inner / n_groups channels (norm_before_gate=False), fp32 stats."""
-        h = acc(y * F.silu(z)).unflatten(-1, (self.G, -1))
-        h = F.rms_norm(h, (h.shape[-1],), eps=self.eps).flatten(-2)
+        h = acc(silu_mul(z, y))
+        if self.G == 1:  # one group: the weight goes into the fused kernel
+            return F.rms_norm(h, (h.shape[-1],), self.norm_weight.to(h.dtype), self.eps).to(y.dtype)
+        h = F.rms_norm(h.unflatten(-1, (self.G, -1)), (h.shape[-1] // self.G,), eps=self.eps).flatten(-2)
         return self.norm_weight * h.to(y.dtype)
