@@ -87,6 +87,28 @@ def test_gradients_agree(T, C):
             assert rel(a, b) <= 1e-4, (fn.__name__, name, rel(a, b))
 
 
+@pytest.mark.parametrize("T,C,grouped", [(37, 16, False), (100, 64, False), (70, 32, True)])
+def test_factorised_and_explicit_intra_chunk_forms_agree(T, C, grouped, monkeypatch):
+    """The decay factored out of the mask (chunks spanning ≤ MAX_FACTORISED_SPAN nats) equals the explicit
+    [C, C] relative decays, values and gradients."""
+    from archlab.model.mixers import mamba2
+
+    q, k, v, g, S0 = make_inputs(T, seed=T, H=4)
+    if grouped:
+        q, k = q[:, :, :2], k[:, :, :2]
+    got = {}
+    for form, limit in (("factorised", float("inf")), ("explicit", -1.0)):
+        monkeypatch.setattr(mamba2, "MAX_FACTORISED_SPAN", limit)
+        x = leaf(q, k, v, g * 2.0, S0)  # up to 2 nats per step: a 64-step chunk spans ~64
+        out = chunk_simple_gla(*x[:4], initial_state=x[4], output_final_state=True, chunk_size=C)
+        got[form] = [*out, *grads(out, x)]
+    for a, b in zip(got["factorised"], got["explicit"]):
+        assert rel(a, b) <= 1e-5, rel(a, b)
+    rq, rk = (t.repeat_interleave(2, dim=2) for t in (q, k)) if grouped else (q, k)
+    ref_o, ref_s = naive_simple_gla(rq, rk, v, g * 2.0, 8**-0.5, S0)
+    assert rel(got["factorised"][0], ref_o) <= 1e-4 and rel(got["factorised"][1], ref_s) <= 1e-4
+
+
 def test_ssd_is_simple_gla_with_c_b_dx_dta():
     gen = torch.Generator().manual_seed(7)
     Bsz, T, H, P, N = 2, 45, 4, 5, 7

@@ -83,10 +83,16 @@ def chunk_simple_gla(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked scalar-decay linear attention, equal to :func:`fused_recurrent_simple_gla`. Memory O(T·C).
 
-    G = cumsum(g) within a chunk (fp32). Intra-chunk: o_i = scale Σ_{j≤i} (q_i·k_j) exp(G_i − G_j) v_j, the
-    relative decays masked to −∞ above the diagonal before exp (every exponent ≤ 0). Between chunks:
-    o_i += scale·exp(G_i) q_iᵀ S_n with S_n the state entering the chunk (:func:`chunk_states`),
+    G = cumsum(g) within a chunk (fp32). Intra-chunk: o_i = scale Σ_{j≤i} (q_i·k_j) exp(G_i − G_j) v_j. Between
+    chunks: o_i += scale·exp(G_i) q_iᵀ S_n with S_n the state entering the chunk (:func:`chunk_states`),
     S ← exp(G_C) S + Σ_j k_j (exp(G_C − G_j) v_j)ᵀ.
+
+    The decay is a scalar per (head, step), so it factors out of the causal mask: with a reference r per chunk,
+    Σ_{j≤i} (q_i·k_j) e^{G_i−G_j} v_j = e^{G_i−r} Σ_{j≤i} (q_i·k_j) (e^{r−G_j} v_j) — one masked QKᵀ per q/k head
+    times the rescaled values of all its heads in one matmul, with no [C, C] decay matrix per head. With r the
+    chunk's mid-decay every factor lies in [e^{-S/2}, e^{S/2}] for a chunk spanning S nats; when some chunk
+    spans more than :data:`MAX_FACTORISED_SPAN` the relative decays are formed explicitly instead (masked to −∞
+    before exp, every exponent ≤ 0). Both are exact to a few ulp; only the cost differs.
 
     Beyond fla: q and k may have fewer heads Hq than v and g (H a multiple of Hq); q/k head i then serves
     heads i·H/Hq … (i+1)·H/Hq − 1 — Mamba2's n_groups — and QKᵀ is computed once per group.
@@ -101,26 +107,39 @@ def chunk_simple_gla(
     out_dtype = v.dtype
     q, k, v = (to_chunks(t, C) for t in (q, k, v))  # q, k: [B, Hq, N, C, K]; v: [B, H, N, C, V]
     N = q.shape[2]
-    G = to_chunks(g, C).cumsum(dim=-1)  # [B, H, N, C]
+    G = to_chunks(g, C).cumsum(dim=-1)  # [B, H, N, C], decreasing from ≤ 0
+    G_last = G[..., -1]  # [B, H, N]: minus each chunk's span
+
+    def heads_to_columns(x: torch.Tensor) -> torch.Tensor:  # [B, H, N, X, V] -> [B, Hq, N, X, R*V]
+        return x.view(B, Hq, R, N, x.shape[-2], V).permute(0, 1, 3, 4, 2, 5).reshape(B, Hq, N, x.shape[-2], R * V)
+
+    def columns_to_heads(x: torch.Tensor) -> torch.Tensor:  # inverse of heads_to_columns
+        return x.view(B, Hq, N, x.shape[-2], R, V).permute(0, 1, 4, 2, 3, 5).reshape(B, H, N, x.shape[-2], V)
+
     q = q * scale
-    decay = causal_decay(G)  # [B, H, N, C, C]
-    A = (q @ k.transpose(-1, -2))[:, :, None] * decay.view(B, Hq, R, N, C, C)  # [B, Hq, R, N, C, C]
-    o = (A @ v.view(B, Hq, R, N, C, V)).view(B, H, N, C, V)
+    qk = q @ k.transpose(-1, -2)  # [B, Hq, N, C, C]
+    carry = initial_state is not None or output_final_state or N > 1  # any state between chunks
+    if N == 0 or float(-G_last.detach().min()) <= MAX_FACTORISED_SPAN:
+        ref = G_last[..., None] / 2  # [B, H, N, 1]
+        v_cols = heads_to_columns(v * (ref - G).exp()[..., None])  # e^{r−G_j} v_j: [B, Hq, N, C, R*V]
+        o = (G - ref).exp()[..., None] * columns_to_heads(qk.tril() @ v_cols)  # [B, H, N, C, V]
+        state_factor = (G_last / 2).exp()[..., None, None]  # e^{G_C−r}: turns e^{r−G_j} v_j into e^{G_C−G_j} v_j
+    else:
+        A = qk[:, :, None] * causal_decay(G).view(B, Hq, R, N, C, C)  # [B, Hq, R, N, C, C]
+        o = (A @ v.view(B, Hq, R, N, C, V)).view(B, H, N, C, V)
+        v_cols = heads_to_columns(v * (G_last[..., None] - G).exp()[..., None]) if carry else None
+        state_factor = 1.0
     final = None
-    if initial_state is not None or output_final_state or N > 1:
-
-        def heads_to_columns(x: torch.Tensor) -> torch.Tensor:  # [B, H, N, X, V] -> [B, Hq, N, X, R*V]
-            return x.view(B, Hq, R, N, x.shape[-2], V).permute(0, 1, 3, 4, 2, 5).reshape(B, Hq, N, x.shape[-2], R * V)
-
-        def columns_to_heads(x: torch.Tensor) -> torch.Tensor:  # inverse of heads_to_columns
-            return x.view(B, Hq, N, x.shape[-2], R, V).permute(0, 1, 4, 2, 3, 5).reshape(B, H, N, x.shape[-2], V)
-
-        G_last = G[..., -1]  # [B, H, N]
-        v_dec = v * (G_last[..., None] - G).exp()[..., None]  # [B, H, N, C, V]
-        dS = columns_to_heads(k.transpose(-1, -2) @ heads_to_columns(v_dec))  # [B, H, N, K, V]
+    if carry:
+        dS = columns_to_heads(k.transpose(-1, -2) @ v_cols) * state_factor  # [B, H, N, K, V]
         states, final = chunk_states(G_last, dS, initial_state)
         o = o + G.exp()[..., None] * columns_to_heads(q @ heads_to_columns(states))
     return from_chunks(o, T).to(out_dtype), (final if output_final_state else None)
+
+
+# Largest span (nats of decay within one chunk) for the factorised intra-chunk form: its factors then lie in
+# [e^-30, e^30], far from fp32 overflow and underflow (as GLA's MAX_FACTORISED_SPAN bounds its factors).
+MAX_FACTORISED_SPAN = 60.0
 
 
 # ----------------------------------------------------------------------------------------------- layer
