@@ -30,9 +30,9 @@ test: $(VENV)/.installed-dev
 # Benchmarks with their peers in the same run; result files in $(BENCH_OUT), diff two with benchmarks/compare.py.
 BENCH_OUT ?= results/bench
 bench: $(VENV)/.installed-dev
-	$(PY) benchmarks/train_throughput.py --json $(BENCH_OUT)/train_throughput.json
+	$(PY) benchmarks/train_throughput.py --compile --json $(BENCH_OUT)/train_throughput.json
 	$(PY) benchmarks/train_memory.py --json $(BENCH_OUT)/train_memory.json
-	$(PY) benchmarks/mixer_throughput.py --json $(BENCH_OUT)/mixer_throughput.json
+	$(PY) benchmarks/mixer_throughput.py --compile --json $(BENCH_OUT)/mixer_throughput.json
 	$(PY) benchmarks/generate_throughput.py --json $(BENCH_OUT)/generate_throughput.json
 
 clean:
