@@ -13,6 +13,8 @@ Where the CPU has native bf16 (or off the CPU, or outside bf16 autocast) both ar
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 
@@ -81,6 +83,8 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.T
     """F.scaled_dot_product_attention(q, k, v, **kwargs); q: [B, H, T, hd], k, v: [B, Hkv, S, hd]."""
     if not emulating(q):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
-    with torch.autocast("cpu", enabled=False), torch.autograd.graph.saved_tensors_hooks(_pack_bf16, _unpack_bf16):
+    # under torch.compile the partitioner chooses what backward keeps (and dynamo cannot trace the hooks)
+    hooks = nullcontext() if torch.compiler.is_compiling() else torch.autograd.graph.saved_tensors_hooks(_pack_bf16, _unpack_bf16)
+    with torch.autocast("cpu", enabled=False), hooks:
         y = F.scaled_dot_product_attention(_rounded(q), _rounded(k), _rounded(v), **kwargs)
     return y.to(torch.bfloat16)
