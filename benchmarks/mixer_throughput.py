@@ -32,6 +32,7 @@ import time
 import torch
 
 from archlab.config import ModelConfig
+from archlab.model.compile import grow_rotary_tables
 from archlab.model.mixers import build_mixer
 from common import markdown_table, meta, peak_growth_mib, write_result
 
@@ -46,10 +47,11 @@ MIXERS = {
 COMPILED = "+compile"
 
 
-def build(name: str, d: int) -> torch.nn.Module:
-    """The mixer ``name`` (``NAME+compile``: compiled with static shapes)."""
+def build(name: str, d: int, seq_len: int = 0) -> torch.nn.Module:
+    """The mixer ``name`` (``NAME+compile``: compiled with static shapes for sequences of ``seq_len``)."""
     if name.endswith(COMPILED):
         m = build(name.removesuffix(COMPILED), d)
+        grow_rotary_tables(m, seq_len)
         m.compile(dynamic=False)
         return m
     mixer, canon = MIXERS[name]
@@ -67,7 +69,7 @@ def train_step(m: torch.nn.Module, x: torch.Tensor) -> None:
 
 def time_training(names: list[str], B: int, T: int, d: int, reps: int) -> dict[str, float]:
     """tokens/s of the best step per mixer; the mixers alternate step by step."""
-    mixers = {n: build(n, d) for n in names}
+    mixers = {n: build(n, d, T) for n in names}
     x = torch.randn(B, T, d, requires_grad=True)
     best = {n: float("inf") for n in names}
     for rep in range(reps + 1):
@@ -148,20 +150,19 @@ def main() -> None:
     head += ([f"vs attn T={T}" for T in Ts] if ref else []) + [f"peak MiB T={T}" for T in Ts]
     head += [f"decode ms/tok @{c}" for c in args.decode_contexts]
     table, rows = [], []
-    for n in names:
-        cells = [n, f"{params[n] / 1e3:.0f}k"] + [f"{speed[T][n]:,.0f}" for T in Ts]
+    for n in timed:  # compiled twins (not in ``names``): training speed only
+        measured = n in names
+        cells = [n, f"{params[n] / 1e3:.0f}k" if measured else ""] + [f"{speed[T][n]:,.0f}" for T in Ts]
+        metrics = {f"tok_s_T{T}": speed[T][n] for T in Ts}
         if ref:
             cells += [f"{speed[T][n] / speed[T][ref]:.2f}x" for T in Ts]
-        cells += [f"{memory[n, T]:.0f}" for T in Ts] + [f"{decode[n, c]:.2f}" for c in args.decode_contexts]
+            metrics |= {f"vs_attention_T{T}": speed[T][n] / speed[T][ref] for T in Ts}
+        if measured:
+            cells += [f"{memory[n, T]:.0f}" for T in Ts] + [f"{decode[n, c]:.2f}" for c in args.decode_contexts]
+            metrics |= {f"peak_mib_T{T}": memory[n, T] for T in Ts} | {f"decode_ms_at_{c}": decode[n, c] for c in args.decode_contexts}
+        else:
+            cells += ["—"] * (len(Ts) + len(args.decode_contexts))
         table.append(cells)
-        metrics = {f"tok_s_T{T}": speed[T][n] for T in Ts} | {f"peak_mib_T{T}": memory[n, T] for T in Ts}
-        metrics |= {f"vs_attention_T{T}": speed[T][n] / speed[T][ref] for T in Ts} if ref else {}
-        metrics |= {f"decode_ms_at_{c}": decode[n, c] for c in args.decode_contexts}
-        rows.append({"key": {"mixer": n, "d_model": d}, "metrics": metrics})
-    for n in timed[len(names):]:  # compiled twins: training speed only
-        table.append([n, ""] + [f"{speed[T][n]:,.0f}" for T in Ts] + ([f"{speed[T][n] / speed[T][ref]:.2f}x" for T in Ts] if ref else [])
-                     + ["—"] * (len(Ts) + len(args.decode_contexts)))
-        metrics = {f"tok_s_T{T}": speed[T][n] for T in Ts} | ({f"vs_attention_T{T}": speed[T][n] / speed[T][ref] for T in Ts} if ref else {})
         rows.append({"key": {"mixer": n, "d_model": d}, "metrics": metrics})
     print(markdown_table(head, table))
     lower = [f"peak_mib_T{T}" for T in Ts] + [f"decode_ms_at_{c}" for c in args.decode_contexts]

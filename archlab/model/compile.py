@@ -28,11 +28,17 @@ def _training_call(eager: Callable, compiled: Callable, x: torch.Tensor, cache: 
     return eager(x, cache)
 
 
-def compile_blocks(lm: nn.Module, seq_len: int) -> None:
-    """Compile every block of ``lm`` in place (its parameters and state_dict keys are unchanged)."""
-    for m in lm.modules():  # grow the RoPE tables now: growing inside a compiled graph forces a recompile
+def grow_rotary_tables(module: nn.Module, seq_len: int) -> None:
+    """Fill every RoPE table in ``module`` up to ``seq_len`` now: growing inside a compiled graph forces a
+    recompile on the next call."""
+    for m in module.modules():
         if isinstance(m, RotaryTable):
             m(0, seq_len)
+
+
+def compile_blocks(lm: nn.Module, seq_len: int) -> None:
+    """Compile every block of ``lm`` in place (its parameters and state_dict keys are unchanged)."""
+    grow_rotary_tables(lm, seq_len)
     blocks = block_list(lm)
     # every block shares Block.forward's code; blocks that differ (Canon in some layers, per-layer constants)
     # each need their own graph, and the default limit of 8 would send the rest back to eager
