@@ -1,22 +1,21 @@
 """train.compile=true: compiled blocks give the eager losses, keep checkpoint keys, and leave decoding eager."""
 
-import shutil
-
 import pytest
 import torch
 
 from archlab.checkpoint import read_checkpoint
 from archlab.config import load_config
+from archlab.model.compile import has_cpp_compiler
 from archlab.model.lm import LM
 from archlab.train import read_metrics, train
 
-pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                                reason="torch.compile on CPU needs a C++ compiler")
+needs_compiler = pytest.mark.skipif(not has_cpp_compiler(), reason="torch.compile on CPU needs a C++ compiler")
 
 TINY = ["model.d_model=32", "model.n_layers=2", "model.mixer.n_heads=2", "model.canon=ABCD", "train.seq_len=32",
         "train.batch_size=4", "train.log_every=1", "train.steps=3", "optim.lr=3e-3", "train.eval_batches=1"]
 
 
+@needs_compiler
 def test_compiled_training_matches_eager(tmp_path):
     torch._dynamo.reset()
     runs = {c: train(load_config(None, TINY + [f"out_dir={tmp_path}", f"name=compile-{c}", f"train.compile={c}"])) for c in ("false", "true")}
@@ -32,6 +31,7 @@ def test_compiled_training_matches_eager(tmp_path):
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
 
+@needs_compiler
 def test_compiled_model_decodes_eagerly_and_equals_uncompiled():
     from archlab.model.compile import compile_blocks
 
@@ -51,3 +51,10 @@ def test_compiled_model_decodes_eagerly_and_equals_uncompiled():
     assert (y - y_ref).abs().max() < 1e-5
     g = torch.randn_like(y)
     assert (torch.autograd.grad(y, x, g)[0] - torch.autograd.grad(y_ref, x, g)[0]).abs().max() < 1e-5
+
+
+def test_no_cpp_compiler_is_one_clear_error_before_the_run_dir_exists(tmp_path, monkeypatch):
+    monkeypatch.setattr("archlab.model.compile.shutil.which", lambda name: None)
+    with pytest.raises(ValueError, match=r"train.compile=true on CPU needs a C\+\+ compiler"):
+        train(load_config(None, TINY + [f"out_dir={tmp_path}", "name=nocxx", "train.compile=true"]))
+    assert not (tmp_path / "nocxx").exists()

@@ -9,6 +9,8 @@ so they neither recompile per length nor pay compile time. Needs a C++ compiler 
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 from typing import Callable
 
 import torch
@@ -36,8 +38,15 @@ def grow_rotary_tables(module: nn.Module, seq_len: int) -> None:
             m(0, seq_len)
 
 
+def has_cpp_compiler() -> bool:
+    """Whether inductor's CPU backend finds a C++ compiler ($CXX, g++, c++ or clang++ on PATH)."""
+    return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c)
+
+
 def compile_blocks(lm: nn.Module, seq_len: int) -> None:
     """Compile every block of ``lm`` in place (its parameters and state_dict keys are unchanged)."""
+    if next(lm.parameters()).device.type == "cpu" and not has_cpp_compiler():  # fail now, not mid first step
+        raise ValueError("train.compile=true on CPU needs a C++ compiler (set $CXX or put g++ / clang++ on PATH), or use train.compile=false")
     grow_rotary_tables(lm, seq_len)
     blocks = block_list(lm)
     # every block shares Block.forward's code; blocks that differ (Canon in some layers, per-layer constants)
