@@ -83,7 +83,7 @@ class ArchlabForCausalLM(PreTrainedModel, GenerationMixin):
         if isinstance(module, RotaryTable):
             fresh = RotaryTable(2 * module.inv_freq.shape[0], self.config.model_config().mixer.rope_theta)
             module.inv_freq.copy_(fresh.inv_freq)
-            module.cos, module.sin = fresh.cos.to(module.inv_freq.device), fresh.sin.to(module.inv_freq.device)
+            module.cos, module.signed_sin = fresh.cos.to(module.inv_freq.device), fresh.signed_sin.to(module.inv_freq.device)
 
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.model.embed

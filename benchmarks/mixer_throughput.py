@@ -32,7 +32,7 @@ import time
 import torch
 
 from archlab.config import ModelConfig
-from archlab.model.compile import grow_rotary_tables
+from archlab.model.mixers.attention import grow_rotary_tables
 from archlab.model.mixers import build_mixer
 from common import markdown_table, meta, peak_growth_mib, write_result
 

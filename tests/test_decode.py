@@ -82,6 +82,36 @@ def test_greedy_generate_matches_argmax_of_full_forward():
         assert torch.equal(out[:, t], logits[:, -1].argmax(-1))
 
 
+def test_generate_leaves_the_model_as_it_found_it_and_trainable():
+    """generate() runs with column-major weights under inference mode: afterwards every parameter has its old
+    values and strides, is a normal tensor, and a training step runs on the returned ids at a length only the
+    RoPE table grown by generate covers (an inference-mode table could not be saved for backward)."""
+    model = build(canon="B")
+    before = {n: (p.detach().clone(), p.stride()) for n, p in model.named_parameters()}
+    out = model.generate(torch.randint(0, 50, (2, 3)), 297)  # 300 positions: past the first table's 256
+    assert not out.is_inference()
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n][0]) and p.stride() == before[n][1] and not p.is_inference(), n
+    model.train()
+    loss = model.loss(out, out, torch.ones_like(out, dtype=torch.bool))
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_generate_matches_decoding_with_row_major_weights():
+    model = build(canon="AD", mixer={"name": "attention", "n_heads": 4, "n_kv_heads": 2})
+    prompt = torch.randint(0, 50, (3, 4))
+    out = model.generate(prompt, 10)
+    cache, ids = model.new_cache(), prompt
+    with torch.no_grad():  # the plain loop: no layout change, no inference mode
+        logits, _ = model(prompt, cache)
+        for _ in range(10):
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=1)
+            logits, _ = model(nxt, cache)
+    assert torch.equal(out, ids)
+
+
 def test_masked_loss_matches_cross_entropy():
     model = build()
     ids, tgt = torch.randint(0, 50, (2, 7)), torch.randint(0, 50, (2, 7))

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from archlab.model.mixers.attention import RotaryTable
+from archlab.model.mixers.attention import grow_rotary_tables
 
 
 def block_list(lm: nn.Module) -> list[nn.Module]:
@@ -28,14 +28,6 @@ def _training_call(eager: Callable, compiled: Callable, x: torch.Tensor, cache: 
     if cache is None and torch.is_grad_enabled():
         return compiled(x)
     return eager(x, cache)
-
-
-def grow_rotary_tables(module: nn.Module, seq_len: int) -> None:
-    """Fill every RoPE table in ``module`` up to ``seq_len`` now: growing inside a compiled graph forces a
-    recompile on the next call."""
-    for m in module.modules():
-        if isinstance(m, RotaryTable):
-            m(0, seq_len)
 
 
 def has_cpp_compiler() -> bool:

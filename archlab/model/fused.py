@@ -24,4 +24,6 @@ class SiluMul(torch.autograd.Function):
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up (same shapes) with the smaller saved state of :class:`SiluMul`."""
-    return SiluMul.apply(gate, up)
+    if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
+        return SiluMul.apply(gate, up)
+    return F.silu(gate).mul_(up)  # nothing to save: skip the autograd.Function call (decoding is op-bound)

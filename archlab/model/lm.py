@@ -10,6 +10,8 @@ from torch import nn
 
 from archlab.model.block import Block
 from archlab.model.cpu_bf16 import linear
+from archlab.model.decode_layout import column_major_weights
+from archlab.model.mixers.attention import grow_rotary_tables
 from archlab.model.multipliers import attach_multipliers
 from archlab.model.norms import make_norm
 
@@ -80,22 +82,30 @@ class LM(nn.Module):
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """ids: [B, T] -> [B, T + max_new_tokens]. Greedy at temperature 0; rows that emitted eos keep emitting it."""
-        cache = self.new_cache()
-        logits, _ = self(ids, cache)
-        out, done = [ids], torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        for _ in range(max_new_tokens):
-            nxt = sample_next(logits[:, -1].float(), temperature, top_k, generator)  # [B]
-            if eos_id is not None:
-                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-                done |= nxt == eos_id
-            out.append(nxt[:, None])
-            if eos_id is not None and bool(done.all()):
-                pad = max_new_tokens - (len(out) - 1)
-                out.append(torch.full((ids.shape[0], pad), eos_id, dtype=ids.dtype, device=ids.device))
-                break
-            logits, _ = self(nxt[:, None], cache)
-        return torch.cat(out, dim=1)
+        """ids: [B, T] -> [B, T + max_new_tokens]. Greedy at temperature 0; rows that emitted eos keep emitting it.
+
+        Decoding is bound by per-op overhead and by reading every weight per token, so the loop runs under
+        ``torch.inference_mode`` with the matrix weights column-major (:mod:`archlab.model.decode_layout`);
+        the model is left exactly as it was found, and the result is a normal tensor.
+        """
+        grow_rotary_tables(self, ids.shape[1] + max_new_tokens)  # not inside inference mode
+        with column_major_weights(self), torch.inference_mode():
+            cache = self.new_cache()
+            logits, _ = self(ids, cache)
+            out, done = [ids], torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+            for _ in range(max_new_tokens):
+                nxt = sample_next(logits[:, -1].float(), temperature, top_k, generator)  # [B]
+                if eos_id is not None:
+                    nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                    done |= nxt == eos_id
+                out.append(nxt[:, None])
+                if eos_id is not None and bool(done.all()):
+                    pad = max_new_tokens - (len(out) - 1)
+                    out.append(torch.full((ids.shape[0], pad), eos_id, dtype=ids.dtype, device=ids.device))
+                    break
+                logits, _ = self(nxt[:, None], cache)
+            tokens = torch.cat(out, dim=1)
+        return tokens.clone()  # outside inference mode: usable as input to autograd later
 
     def num_params(self, include_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

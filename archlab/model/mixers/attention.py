@@ -61,40 +61,49 @@ class AttentionConfig(MixerConfig):
 
 
 class RotaryTable(nn.Module):
-    """cos/sin tables for positions 0..n-1, grown on demand (non-persistent buffers)."""
+    """cos and signed-sin tables for positions 0..n-1, grown on demand (non-persistent buffers).
+
+    ``signed_sin`` is sin with its first half negated: rotate_half(x) * sin = swap_halves(x) * signed_sin,
+    which lets :func:`apply_rope` rotate with one copy instead of rotate_half's neg + cat.
+    """
 
     def __init__(self, rope_dim: int, theta: float):
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, rope_dim, 2, dtype=torch.int64).float() / rope_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("cos", torch.empty(0, rope_dim), persistent=False)
-        self.register_buffer("sin", torch.empty(0, rope_dim), persistent=False)
+        self.register_buffer("signed_sin", torch.empty(0, rope_dim), persistent=False)
 
     def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin: [length, rope_dim] (fp32) for positions start..start+length-1."""
+        """cos, signed_sin: [length, 1, rope_dim] (fp32) for positions start..start+length-1 (the 1 broadcasts
+        over heads in the [B, T, heads, head_dim] layout)."""
         end = start + length
         if self.cos.shape[0] < end or self.cos.device != self.inv_freq.device:
             n = max(end, 2 * self.cos.shape[0], 256)
             pos = torch.arange(n, device=self.inv_freq.device, dtype=torch.float32)
-            freqs = torch.outer(pos, self.inv_freq)
-            emb = torch.cat([freqs, freqs], dim=-1)
-            self.cos, self.sin = emb.cos(), emb.sin()
-        return self.cos[start:end], self.sin[start:end]
+            freqs = torch.outer(pos, self.inv_freq)  # [n, rope_dim / 2]
+            self.cos = torch.cat([freqs, freqs], dim=-1).cos()
+            self.signed_sin = torch.cat([-freqs, freqs], dim=-1).sin()
+        return self.cos[start:end, None], self.signed_sin[start:end, None]
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
+def grow_rotary_tables(module: nn.Module, seq_len: int) -> None:
+    """Fill every RoPE table in ``module`` up to ``seq_len`` now: growing one inside a compiled graph forces a
+    recompile, and inside ``torch.inference_mode`` it would leave inference tensors that training cannot use."""
+    for m in module.modules():
+        if isinstance(m, RotaryTable):
+            m(0, seq_len)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, hd]; rotate the first cos.shape[-1] dims of each head, leave the rest."""
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, T, heads, hd]; rotate the first r = cos.shape[-1] dims of each head (rotate-half convention:
+    x * cos + rotate_half(x) * sin), leave the rest. cos, signed_sin: [T, 1, r] from :class:`RotaryTable`."""
     r = cos.shape[-1]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    if r == x.shape[-1]:
-        return x * cos + rotate_half(x) * sin
-    xr, xp = x[..., :r], x[..., r:]
-    return torch.cat([xr * cos + rotate_half(xr) * sin, xp], dim=-1)
+    cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)
+    xr = x if r == x.shape[-1] else x[..., :r]
+    swapped = xr.unflatten(-1, (2, r // 2)).flip(-2).flatten(-2)  # [x2, x1]
+    rotated = torch.addcmul(xr * cos, swapped, signed_sin)
+    return rotated if r == x.shape[-1] else torch.cat([rotated, x[..., r:]], dim=-1)
 
 
 def append_kv(state: dict, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,15 +154,13 @@ class Attention(Mixer):
             q, k, v = qkv.split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
             qkv = torch.cat([self.q_norm(q), self.k_norm(k), v], dim=-1)
         qkv = apply_canon(self.canon_b, qkv, state, "canon_b")
-        q, k, v = qkv.split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
-        # a copy: attention saves v for backward, and a view would keep all of qkv (q, k are rotated copies)
-        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2).contiguous()
+        qk, v = qkv.view(B, T, self.n_heads + 2 * self.n_kv, self.head_dim).split([self.n_heads + self.n_kv, self.n_kv], dim=2)
         start = 0 if state is None or "k" not in state else state["k"].shape[2]
-        if self.rotary is not None:
-            cos, sin = self.rotary(start, T)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.rotary is not None:  # q and k rotated together: [B, T, H + Hkv, hd]
+            qk = apply_rope(qk, *self.rotary(start, T))
+        q, k = qk.transpose(1, 2).split([self.n_heads, self.n_kv], dim=1)  # [B, H, T, hd], [B, Hkv, T, hd]
+        # a copy: attention saves v for backward, and a view would keep all of qkv (q, k are rotated copies)
+        v = v.transpose(1, 2).contiguous()  # [B, Hkv, T, hd]
         if state is not None and (torch.is_grad_enabled() and k.requires_grad):
             if start:  # decoding with autograd on: keep the new keys' graph
                 k = torch.cat([state["k"], k], dim=2)
