@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from archlab.config import ModelConfig
+from archlab.model import decode_layout
 from archlab.model.canon import Canon
 from archlab.model.lm import LM
 
@@ -82,14 +83,16 @@ def test_greedy_generate_matches_argmax_of_full_forward():
         assert torch.equal(out[:, t], logits[:, -1].argmax(-1))
 
 
-def test_generate_leaves_the_model_as_it_found_it_and_trainable():
-    """generate() runs with column-major weights under inference mode: afterwards every parameter has its old
-    values and strides, is a normal tensor, and a training step runs on the returned ids at a length only the
-    RoPE table grown by generate covers (an inference-mode table could not be saved for backward)."""
+@pytest.mark.parametrize("batch", [1, 2])  # batch 1: column-major weights; 2: oneDNN-packed copies
+def test_generate_leaves_the_model_as_it_found_it_and_trainable(batch):
+    """generate() runs with the weights laid out for decoding, under inference mode: afterwards every
+    parameter has its old values and strides, is a normal tensor, no packed copy is left, and a training step
+    runs on the returned ids at a length only the RoPE table grown by generate covers (an inference-mode
+    table could not be saved for backward)."""
     model = build(canon="B")
     before = {n: (p.detach().clone(), p.stride()) for n, p in model.named_parameters()}
-    out = model.generate(torch.randint(0, 50, (2, 3)), 297)  # 300 positions: past the first table's 256
-    assert not out.is_inference()
+    out = model.generate(torch.randint(0, 50, (batch, 3)), 297)  # 300 positions: past the first table's 256
+    assert not out.is_inference() and not decode_layout._packed
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n][0]) and p.stride() == before[n][1] and not p.is_inference(), n
     model.train()
@@ -98,9 +101,18 @@ def test_generate_leaves_the_model_as_it_found_it_and_trainable():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_generate_matches_decoding_with_row_major_weights():
+@pytest.mark.parametrize("batch, pack_limit", [(1, None), (3, None), (3, 0)])
+def test_generate_matches_decoding_with_plain_weights(batch, pack_limit, monkeypatch):
+    """Same greedy tokens with the decoding layouts (column-major; packed; column-major when the packed copy
+    would exceed the limit) as with the plain loop; the layout in use is the one documented."""
+    if pack_limit is not None:
+        monkeypatch.setattr(decode_layout, "PACK_LIMIT_BYTES", pack_limit)
     model = build(canon="AD", mixer={"name": "attention", "n_heads": 4, "n_kv_heads": 2})
-    prompt = torch.randint(0, 50, (3, 4))
+    prompt = torch.randint(0, 50, (batch, 4))
+    with decode_layout.decode_weights(model, batch):
+        w = model.blocks[0].mlp.w_in.weight
+        packed = id(w) in decode_layout._packed
+        assert packed == (batch > 1 and pack_limit is None) and w.t().is_contiguous() != packed
     out = model.generate(prompt, 10)
     cache, ids = model.new_cache(), prompt
     with torch.no_grad():  # the plain loop: no layout change, no inference mode
@@ -110,6 +122,18 @@ def test_generate_matches_decoding_with_row_major_weights():
             ids = torch.cat([ids, nxt], dim=1)
             logits, _ = model(nxt, cache)
     assert torch.equal(out, ids)
+
+
+def test_packed_linear_equals_linear_and_steps_aside_for_autograd():
+    model = build()
+    layer = model.blocks[1].mixer.wqkv
+    x = torch.randn(5, 1, 32)
+    with decode_layout.decode_weights(model, 5):
+        with torch.inference_mode():
+            got = decode_layout.packed_linear(x, layer.weight)
+        assert got is not None and (got - F.linear(x, layer.weight)).abs().max() <= 1e-6
+        assert decode_layout.packed_linear(x, layer.weight) is None  # grad enabled: autograd's path
+        assert decode_layout.packed_linear(x, model.blocks[0].mixer.wo.weight.detach()) is None  # not packed
 
 
 def test_masked_loss_matches_cross_entropy():

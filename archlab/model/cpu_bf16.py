@@ -18,6 +18,8 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from archlab.model.decode_layout import packed_linear
+
 
 # A constant, not a call: torch.compile traces ``emulating`` and cannot trace this query (it returns a bool).
 CPU_LACKS_BF16 = not torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -62,7 +64,10 @@ class _EmulatedLinear(torch.autograd.Function):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """F.linear(x, weight) (no bias); x: [..., in], weight: [out, in] -> [..., out]."""
+    """F.linear(x, weight) (no bias); x: [..., in], weight: [out, in] -> [..., out]. While decoding, by the
+    weight's packed copy where :func:`archlab.model.decode_layout.decode_weights` made one."""
+    if (y := packed_linear(x, weight)) is not None:
+        return y
     if not emulating(x):
         return F.linear(x, weight)
     return _EmulatedLinear.apply(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])

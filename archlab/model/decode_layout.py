@@ -1,10 +1,16 @@
-"""Weights laid out for decoding: a token step is a GEMV per matrix, a stream over every weight byte.
+"""Weights laid out for decoding: a token step is a GEMV (batch 1) or a skinny GEMM (a few rows) per matrix,
+a stream over every weight byte, so how the weight sits in memory decides the speed.
 
-``F.linear(x, w)`` computes ``x @ w.t()``. With ``w`` stored row-major ([out, in], torch's default) the CPU
-BLAS runs a transposed GEMV; stored column-major, ``w.t()`` is a contiguous [in, out] matrix and the same
-call is a plain one, which MKL streams faster: on the 2-core AVX2 box a d=256 L=8 Llama's decode step spent
-~25% less time in its GEMVs at batch 1 (``benchmarks/generate_throughput.py``). Same values, same shapes,
-no extra copy kept: only the strides change, and they are restored on exit.
+``F.linear(x, w)`` computes ``x @ w.t()``. For the CPU, :func:`decode_weights` picks by batch size (measured
+on the 2-core AVX2 box, a d=256 L=8 Llama's decode step, ``benchmarks/generate_throughput.py``):
+
+* batch 1: the weights stored column-major, so ``w.t()`` is a contiguous [in, out] matrix and MKL runs a
+  plain GEMV instead of a transposed one: step 8.1 vs 9.3 ms. Same values and shapes, only the strides
+  change (restored on exit), no extra memory;
+* batch > 1: a copy of each weight pre-packed in oneDNN's blocked layout (as inductor's CPU freezing does),
+  used by :func:`archlab.model.cpu_bf16.linear`: step 11.9 vs 14.1 ms at batch 8 (column-major: 13.6).
+  This holds a second copy of the matrix weights while decoding, so models whose matrices exceed
+  ``PACK_LIMIT_BYTES`` (or torch builds without oneDNN) use the column-major layout at every batch size.
 """
 
 from __future__ import annotations
@@ -16,32 +22,56 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+PACK_LIMIT_BYTES = 1 << 30  # above this, no packed copies (the column-major layout costs no memory)
+
+_packed: dict[int, torch.Tensor] = {}  # id(weight) -> its oneDNN-packed copy, while decode_weights is active
+
 
 def _linear_weights(model: nn.Module) -> list[nn.Parameter]:
-    """Each distinct plain CPU weight of an ``nn.Linear`` (parametrized ones, e.g. with learnable multipliers,
-    are computed per call and left alone; so are DTensors and other tensor subclasses)."""
+    """Each distinct plain fp32 CPU weight of an ``nn.Linear`` (parametrized ones, e.g. with learnable
+    multipliers, are computed per call and left alone; so are DTensors and other tensor subclasses)."""
     found: dict[int, nn.Parameter] = {}
     for m in model.modules():
         if not isinstance(m, nn.Linear) or parametrize.is_parametrized(m, "weight"):
             continue
         w = m.weight
-        if type(w.data) is torch.Tensor and w.device.type == "cpu" and w.dim() == 2 and w.is_contiguous():
+        if type(w.data) is torch.Tensor and w.device.type == "cpu" and w.dtype == torch.float32 and w.is_contiguous():
             found.setdefault(id(w), w)
     return list(found.values())
 
 
+def _can_pack() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def packed_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """x @ weight.t() by the packed copy of ``weight``, or None where there is none (or autograd, autocast
+    or a non-fp32 input needs the ordinary path)."""
+    packed = _packed.get(id(weight))
+    if packed is None or torch.is_grad_enabled() or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return None
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
 @contextmanager
-def column_major_weights(model: nn.Module) -> Iterator[None]:
-    """Within: every plain CPU ``nn.Linear`` weight of ``model`` is stored column-major (``w.t()``
-    contiguous). On exit (also on an exception) each is contiguous again. Enter it outside
-    ``torch.inference_mode``: the restored weights must stay normal tensors."""
+def decode_weights(model: nn.Module, batch: int) -> Iterator[None]:
+    """Within: ``model``'s plain fp32 CPU ``nn.Linear`` weights in the layout that decodes ``batch`` rows per
+    step fastest (see the module doc). On exit, also on an exception, the model is exactly as before. Enter
+    it outside ``torch.inference_mode``: the restored weights must stay normal tensors."""
     weights = _linear_weights(model)
+    pack = batch > 1 and _can_pack() and sum(w.numel() * w.element_size() for w in weights) <= PACK_LIMIT_BYTES
     with torch.no_grad():
         for w in weights:
-            w.data = w.data.t().contiguous().t()
+            if pack:
+                _packed[id(w)] = torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch)
+            else:
+                w.data = w.data.t().contiguous().t()
     try:
         yield
     finally:
         with torch.no_grad():
             for w in weights:
-                w.data = w.data.contiguous()
+                if pack:
+                    _packed.pop(id(w), None)
+                else:
+                    w.data = w.data.contiguous()

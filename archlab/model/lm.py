@@ -10,7 +10,7 @@ from torch import nn
 
 from archlab.model.block import Block
 from archlab.model.cpu_bf16 import linear
-from archlab.model.decode_layout import column_major_weights
+from archlab.model.decode_layout import decode_weights
 from archlab.model.mixers.attention import grow_rotary_tables
 from archlab.model.multipliers import attach_multipliers
 from archlab.model.norms import make_norm
@@ -85,11 +85,12 @@ class LM(nn.Module):
         """ids: [B, T] -> [B, T + max_new_tokens]. Greedy at temperature 0; rows that emitted eos keep emitting it.
 
         Decoding is bound by per-op overhead and by reading every weight per token, so the loop runs under
-        ``torch.inference_mode`` with the matrix weights column-major (:mod:`archlab.model.decode_layout`);
-        the model is left exactly as it was found, and the result is a normal tensor.
+        ``torch.inference_mode`` with the matrix weights laid out for the batch size
+        (:mod:`archlab.model.decode_layout`); the model is left exactly as it was found, and the result is a
+        normal tensor.
         """
         grow_rotary_tables(self, ids.shape[1] + max_new_tokens)  # not inside inference mode
-        with column_major_weights(self), torch.inference_mode():
+        with decode_weights(self, ids.shape[0]), torch.inference_mode():
             cache = self.new_cache()
             logits, _ = self(ids, cache)
             out, done = [ids], torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
