@@ -71,8 +71,8 @@ class RotaryTable(nn.Module):
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, rope_dim, 2, dtype=torch.int64).float() / rope_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.register_buffer("cos", torch.empty(0, rope_dim), persistent=False)
-        self.register_buffer("signed_sin", torch.empty(0, rope_dim), persistent=False)
+        self.register_buffer("cos", torch.empty(0, 1, rope_dim), persistent=False)  # [n, 1, rope_dim]
+        self.register_buffer("signed_sin", torch.empty(0, 1, rope_dim), persistent=False)
 
     def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, signed_sin: [length, 1, rope_dim] (fp32) for positions start..start+length-1 (the 1 broadcasts
@@ -81,10 +81,10 @@ class RotaryTable(nn.Module):
         if self.cos.shape[0] < end or self.cos.device != self.inv_freq.device:
             n = max(end, 2 * self.cos.shape[0], 256)
             pos = torch.arange(n, device=self.inv_freq.device, dtype=torch.float32)
-            freqs = torch.outer(pos, self.inv_freq)  # [n, rope_dim / 2]
+            freqs = torch.outer(pos, self.inv_freq)[:, None]  # [n, 1, rope_dim / 2]
             self.cos = torch.cat([freqs, freqs], dim=-1).cos()
             self.signed_sin = torch.cat([-freqs, freqs], dim=-1).sin()
-        return self.cos[start:end, None], self.signed_sin[start:end, None]
+        return self.cos[start:end], self.signed_sin[start:end]
 
 
 def grow_rotary_tables(module: nn.Module, seq_len: int) -> None:
@@ -99,7 +99,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
     """x: [B, T, heads, hd]; rotate the first r = cos.shape[-1] dims of each head (rotate-half convention:
     x * cos + rotate_half(x) * sin), leave the rest. cos, signed_sin: [T, 1, r] from :class:`RotaryTable`."""
     r = cos.shape[-1]
-    cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)
+    if cos.dtype != x.dtype:  # bf16 autocast
+        cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)
     xr = x if r == x.shape[-1] else x[..., :r]
     swapped = xr.unflatten(-1, (2, r // 2)).flip(-2).flatten(-2)  # [x2, x1]
     rotated = torch.addcmul(xr * cos, swapped, signed_sin)
@@ -159,8 +160,9 @@ class Attention(Mixer):
         if self.rotary is not None:  # q and k rotated together: [B, T, H + Hkv, hd]
             qk = apply_rope(qk, *self.rotary(start, T))
         q, k = qk.transpose(1, 2).split([self.n_heads, self.n_kv], dim=1)  # [B, H, T, hd], [B, Hkv, T, hd]
-        # a copy: attention saves v for backward, and a view would keep all of qkv (q, k are rotated copies)
-        v = v.transpose(1, 2).contiguous()  # [B, Hkv, T, hd]
+        v = v.transpose(1, 2)  # [B, Hkv, T, hd]
+        if torch.is_grad_enabled():  # attention saves v for backward; a view would keep all of qkv alive
+            v = v.contiguous()
         if state is not None and (torch.is_grad_enabled() and k.requires_grad):
             if start:  # decoding with autograd on: keep the new keys' graph
                 k = torch.cat([state["k"], k], dim=2)
