@@ -26,8 +26,8 @@ from typing import Callable
 SCHEMA = 1
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int, reps: int) -> dict[str, float]:
-    """Median seconds per call of each function; the functions take turns call by call, so a busy machine
+def interleaved_times(fns: dict[str, Callable[[], object]], warmup: int, reps: int) -> dict[str, list[float]]:
+    """Seconds of each call of each function; the functions take turns call by call, so a busy machine
     slows them alike and the ratios stay meaningful."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -38,7 +38,12 @@ def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int, reps: in
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int, reps: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed by :func:`interleaved_times`."""
+    return {name: statistics.median(ts) for name, ts in interleaved_times(fns, warmup, reps).items()}
 
 
 def cpu_name() -> str:

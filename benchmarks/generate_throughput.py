@@ -2,7 +2,8 @@
 (same weights, greedy, KV cache, fp32), and the per-token decode time of every mixer against context length.
 
   * generate: new tokens per second for batch 1 and 8, a 32-token prompt and 256 new tokens, the two
-    implementations taking turns (median of ``--reps``); "same" says whether the greedy tokens agree;
+    implementations taking turns (median of ``--reps``, and the range of the per-turn ratios, which shows
+    how much the machine's speed drifted); "same" says whether the greedy tokens agree;
   * decode vs context: ms per token of single-token steps through ``LM.forward`` with a cache, after a
     prefill of each context length (batch 1); flat for the linear mixers, growing for attention.
 
@@ -13,13 +14,14 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 
 from archlab import hf_llama
 from archlab.config import ModelConfig
 from archlab.model.lm import LM
-from common import markdown_table, meta, time_interleaved, write_result
+from common import interleaved_times, markdown_table, meta, time_interleaved, write_result
 
 VOCAB, PROMPT = 256, 32
 MIXERS = {
@@ -46,9 +48,12 @@ def time_generate(d: int, layers: int, batch: int, new: int, reps: int) -> dict[
               attention_mask=torch.ones_like(ids))
     with torch.no_grad():
         same = bool((ours.generate(ids, new) == hf.generate(ids, **kw)).all())
-        sec = time_interleaved({"archlab": lambda: ours.generate(ids, new), "hf": lambda: hf.generate(ids, **kw)}, 0, reps)
+        times = interleaved_times({"archlab": lambda: ours.generate(ids, new), "hf": lambda: hf.generate(ids, **kw)}, 0, reps)
+    sec = {name: statistics.median(ts) for name, ts in times.items()}
+    pair_ratios = [h / a for h, a in zip(times["hf"], times["archlab"])]  # this VM's speed drifts: show the spread
     return {"archlab_tok_s": batch * new / sec["archlab"], "hf_tok_s": batch * new / sec["hf"],
-            "ratio": sec["hf"] / sec["archlab"], "same_tokens": float(same)}
+            "ratio": sec["hf"] / sec["archlab"], "ratio_min": min(pair_ratios), "ratio_max": max(pair_ratios),
+            "same_tokens": float(same)}
 
 
 @torch.no_grad()
@@ -88,8 +93,9 @@ def main() -> None:
         rows.append({"key": {"what": "generate", "d_model": d, "layers": L, "batch": b, "new_tokens": args.new_tokens},
                      "metrics": m})
         table.append([f"B={b}", f"{m['archlab_tok_s']:,.0f}", f"{m['hf_tok_s']:,.0f}", f"{m['ratio']:.2f}",
-                      "yes" if m["same_tokens"] else "no"])
-    print(markdown_table(["batch", "archlab tok/s", "HF generate tok/s", "ratio", "same tokens"], table), "\n", flush=True)
+                      f"{m['ratio_min']:.2f}–{m['ratio_max']:.2f}", "yes" if m["same_tokens"] else "no"])
+    print(markdown_table(["batch", "archlab tok/s", "HF generate tok/s", "ratio of medians", "per-turn ratios",
+                          "same tokens"], table), "\n", flush=True)
 
     table = []
     for name in args.mixers:

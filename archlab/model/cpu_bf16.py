@@ -27,11 +27,11 @@ CPU_LACKS_BF16 = not torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 def emulating(x: torch.Tensor) -> bool:
     """True when ``x`` is on the CPU under bf16 autocast and the CPU has no fast bf16 kernels."""
-    return (
-        x.device.type == "cpu"
+    return (  # cheapest checks first: this runs for every matmul, also in op-bound decoding
+        CPU_LACKS_BF16
         and torch.is_autocast_enabled("cpu")
+        and x.device.type == "cpu"
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and CPU_LACKS_BF16
     )
 
 
