@@ -118,9 +118,10 @@ def append_kv(state: dict, start: int, k: torch.Tensor, v: torch.Tensor) -> tupl
         if start:
             grown[:, :, :, :start] = buf[:, :, :, :start]
         buf = state["kv_buf"] = grown
-    buf[0, :, :, start:end] = k
-    buf[1, :, :, start:end] = v
-    state["k"], state["v"] = buf[0, :, :, :end], buf[1, :, :, :end]
+    new = buf.narrow(3, start, end - start)  # [2, B, Hkv, T, hd] (narrow: cheaper than tuple indexing per token)
+    new[0].copy_(k)
+    new[1].copy_(v)
+    state["k"], state["v"] = buf.narrow(3, 0, end).unbind(0)
     return state["k"], state["v"]
 
 
