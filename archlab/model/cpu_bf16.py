@@ -41,36 +41,44 @@ def _rounded(t: torch.Tensor) -> torch.Tensor:
 
 
 class _EmulatedLinear(torch.autograd.Function):
-    """y = bf16(x_bf16 @ w_bf16ᵀ) by fp32 GEMMs; backward likewise, with autocast off (the autograd engine runs
-    backward under the caller's autocast state, which would send its GEMMs to the slow bf16 kernel)."""
+    """y = bf16(x_bf16 @ w_bf16ᵀ + b_bf16) by fp32 GEMMs (the bias added in fp32 before the one rounding, as
+    oneDNN's bf16 kernel does); backward likewise, with autocast off (the autograd engine runs backward under
+    the caller's autocast state, which would send its GEMMs to the slow bf16 kernel)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # x: [N, in], weight: [out, in]
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # x: [N, in], weight: [out, in], bias: [out] or None
         xb, wb = x.to(torch.bfloat16), weight.to(torch.bfloat16)
         ctx.save_for_backward(xb, wb)  # bf16 copies: half the memory of fp32 activations
-        ctx.dtypes = x.dtype, weight.dtype
+        ctx.dtypes = x.dtype, weight.dtype, None if bias is None else bias.dtype
         with torch.autocast("cpu", enabled=False):
-            return (xb.float() @ wb.float().t()).to(torch.bfloat16)
+            y = xb.float() @ wb.float().t()
+            if bias is not None:
+                y += _rounded(bias)
+            return y.to(torch.bfloat16)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # grad: [N, out]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # grad: [N, out]
         xb, wb = ctx.saved_tensors
-        x_dtype, w_dtype = ctx.dtypes
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
         with torch.autocast("cpu", enabled=False):
             g = grad.to(torch.bfloat16).float()
             gx = (g @ wb.float()).to(torch.bfloat16).to(x_dtype)
             gw = (g.t() @ xb.float()).to(torch.bfloat16).to(w_dtype)
-        return gx, gw
+            gb = None if b_dtype is None else g.sum(0).to(torch.bfloat16).to(b_dtype)
+        return gx, gw, gb
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """F.linear(x, weight) (no bias); x: [..., in], weight: [out, in] -> [..., out]. While decoding, by the
-    weight's packed copy where :func:`archlab.model.decode_layout.decode_weights` made one."""
-    if (y := packed_linear(x, weight)) is not None:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias); x: [..., in], weight: [out, in], bias: [out] or None -> [..., out]. Every
+    matrix layer of the model goes through here (not ``nn.Linear.__call__``): under bf16 autocast on a CPU
+    without bf16 kernels it runs :class:`_EmulatedLinear`, and while decoding it uses the weight's packed copy
+    where :func:`archlab.model.decode_layout.decode_weights` made one."""
+    if (y := packed_linear(x, weight, bias)) is not None:
         return y
     if not emulating(x):
-        return F.linear(x, weight)
-    return _EmulatedLinear.apply(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
+        return F.linear(x, weight, bias)
+    return _EmulatedLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
 
 
 def _pack_bf16(t: torch.Tensor) -> tuple[torch.Tensor, bool]:

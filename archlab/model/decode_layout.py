@@ -44,13 +44,13 @@ def _can_pack() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
-def packed_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-    """x @ weight.t() by the packed copy of ``weight``, or None where there is none (or autograd, autocast
-    or a non-fp32 input needs the ordinary path)."""
+def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """x @ weight.t() (+ bias) by the packed copy of ``weight``, or None where there is none (or autograd,
+    autocast or a non-fp32 input needs the ordinary path)."""
     packed = _packed.get(id(weight))
     if packed is None or torch.is_grad_enabled() or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
         return None
-    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 @contextmanager

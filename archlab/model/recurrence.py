@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlab.model.block import Block
+from archlab.model.cpu_bf16 import linear
 from archlab.model.lm import LM
 from archlab.model.multipliers import attach_multipliers
 from archlab.model.norms import make_norm
@@ -142,7 +143,7 @@ class RecurrentLM(LM):
         first = len(self.prelude)
         for it in range(r):
             with torch.set_grad_enabled(torch.is_grad_enabled() and it >= r - k):
-                s = self.adapter(torch.cat([s, e], dim=-1))  # [B, T, 2D] -> [B, T, D]
+                s = linear(torch.cat([s, e], dim=-1), self.adapter.weight)  # [B, T, 2D] -> [B, T, D]
                 for j, block in enumerate(self.core):
                     s = block(s, slot(first + it * len(self.core) + j))
         for j, block in enumerate(self.coda):

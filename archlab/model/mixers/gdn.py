@@ -25,6 +25,7 @@ from pydantic import Field
 from torch import nn
 
 from archlab.model.canon import apply_canon, maybe_canon
+from archlab.model.cpu_bf16 import linear
 from archlab.model.mixers import MIXERS, Mixer, MixerConfig
 from archlab.model.mixers.short_conv import (
     ShortConvs,
@@ -205,7 +206,7 @@ class GatedDeltaNet(Mixer):
     def forward(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict | None]:
         B, T, _ = x.shape
         H = self.n_heads
-        qkv = apply_canon(self.canon_b, self.wqkv(x), state, "canon_b")
+        qkv = apply_canon(self.canon_b, linear(x, self.wqkv.weight), state, "canon_b")
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         if self.short_conv is not None:
             q, k, v = (self.short_conv(n, t, state) for n, t in (("q", q), ("k", k), ("v", v)))
@@ -214,10 +215,10 @@ class GatedDeltaNet(Mixer):
         q = F.normalize(q.reshape(B, T, H, self.head_k), dim=-1, eps=1e-6)
         k = F.normalize(k.reshape(B, T, H, self.head_k), dim=-1, eps=1e-6)
         v = v.reshape(B, T, H, self.head_v)
-        beta = torch.sigmoid(acc(self.b_proj(x)))  # [B, T, H]
+        beta = torch.sigmoid(acc(linear(x, self.b_proj.weight)))  # [B, T, H]
         if self.cfg.allow_neg_eigval:
             beta = 2 * beta
-        g = -acc(self.A_log).exp() * F.softplus(acc(self.a_proj(x)) + self.dt_bias)
+        g = -acc(self.A_log).exp() * F.softplus(acc(linear(x, self.a_proj.weight)) + self.dt_bias)
         if self.cfg.backend == "fla":
             ops = "chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule"
             chunk, rec, kw = fla_op("gated_delta_rule", ops[0], x), fla_op("gated_delta_rule", ops[1], x), {}
@@ -225,6 +226,6 @@ class GatedDeltaNet(Mixer):
             chunk, rec = chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
             kw = {"chunk_size": self.cfg.chunk_size}
         o = run_core(chunk, rec, (q, k, v, g, beta), state, None, kw)  # [B, T, H, head_v]
-        gate = None if self.g_proj is None else self.g_proj(x).view(B, T, H, self.head_v)
+        gate = None if self.g_proj is None else linear(x, self.g_proj.weight).view(B, T, H, self.head_v)
         o = norm_gate(o, self.norm.weight, self.norm.eps, gate)
-        return self.o_proj(o.reshape(B, T, self.value_dim)), state
+        return linear(o.reshape(B, T, self.value_dim), self.o_proj.weight), state

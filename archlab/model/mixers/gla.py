@@ -23,6 +23,7 @@ from pydantic import Field
 from torch import nn
 
 from archlab.model.canon import apply_canon, maybe_canon
+from archlab.model.cpu_bf16 import linear
 from archlab.model.mixers import MIXERS, Mixer, MixerConfig
 from archlab.model.mixers.short_conv import (
     ShortConvs,
@@ -222,11 +223,11 @@ class GatedLinearAttention(Mixer):
 
     def forward(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict | None]:
         B, T, _ = x.shape
-        qkv = apply_canon(self.canon_b, self.wqkv(x), state, "canon_b")
+        qkv = apply_canon(self.canon_b, linear(x, self.wqkv.weight), state, "canon_b")
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         if self.short_conv is not None:
             q, k, v = (self.short_conv(n, t, state) for n, t in (("q", q), ("k", k), ("v", v)))
-        gk = F.logsigmoid(self.gk_up(self.gk_down(x))) / self.cfg.gate_logit_normalizer
+        gk = F.logsigmoid(linear(linear(x, self.gk_down.weight), self.gk_up.weight, self.gk_up.bias)) / self.cfg.gate_logit_normalizer
         if self.cfg.clamp_min is not None:
             gk = gk.clamp_min(self.cfg.clamp_min)
         H = self.n_heads
@@ -237,6 +238,6 @@ class GatedLinearAttention(Mixer):
         else:
             chunk, rec, kw = chunk_gla, fused_recurrent_gla, {"chunk_size": self.cfg.chunk_size}
         o = run_core(chunk, rec, (q, k, v, gk), state, None, kw)  # [B, T, H, head_v]
-        gate = None if self.g_proj is None else self.g_proj(x).view(B, T, H, self.head_v)
+        gate = None if self.g_proj is None else linear(x, self.g_proj.weight).view(B, T, H, self.head_v)
         o = norm_gate(o, self.norm.weight, self.norm.eps, gate)
-        return self.o_proj(o.reshape(B, T, self.value_dim)), state
+        return linear(o.reshape(B, T, self.value_dim), self.o_proj.weight), state

@@ -24,6 +24,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from archlab.model.canon import Canon, apply_canon, maybe_canon
+from archlab.model.cpu_bf16 import linear
 from archlab.model.fused import silu_mul
 from archlab.model.mixers import MIXERS, Mixer, MixerConfig
 from archlab.model.mixers.short_conv import (
@@ -240,7 +241,7 @@ class Mamba2(Mixer):
     def forward(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict | None]:
         B, T, _ = x.shape
         H, P, N, G = self.n_heads, self.head_dim, self.N, self.G
-        zxbcdt = apply_canon(self.canon_b, self.in_proj(x), state, "canon_b")
+        zxbcdt = apply_canon(self.canon_b, linear(x, self.in_proj.weight), state, "canon_b")
         z, xbc, dt = zxbcdt.split([self.d_inner, self.conv_dim, H], dim=-1)
         if self.conv is not None:
             xbc = self.conv(xbc, state, "conv_xbc")
@@ -261,7 +262,7 @@ class Mamba2(Mixer):
         y = run_core(chunk, rec, (Cm, Bm, v, g), state, 1.0, kw)  # [B, T, H, P]
         y = y + xs * self.D[:, None].to(xs.dtype)
         y = self._gated_norm(y.reshape(B, T, self.d_inner), z)
-        return self.out_proj(y), state
+        return linear(y, self.out_proj.weight), state
 
     def _gated_norm(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """RMSNorm(y · silu(z)) over groups of d_inner / n_groups channels (norm_before_gate=False), fp32 stats."""
