@@ -16,6 +16,7 @@ attention is plain SDPA with 4 heads of 64.
     python benchmarks/mixer_throughput.py                    # d=256, T=512/2048/8192, 1 thread
     python benchmarks/mixer_throughput.py --threads 2 --reps 2 --seq-lens 512 2048 --json results/bench/mixers.json
     python benchmarks/mixer_throughput.py --seq-lens 2048 --compile    # adds each mixer with torch.compile
+    python benchmarks/mixer_throughput.py --seq-lens 2048 --precision bf16    # training under bf16 autocast
 
 ``--compile`` adds a "+compile" twin of every mixer (``module.compile(dynamic=False)``, as ``train.compile=true``
 compiles blocks), timed in the same rotation after a warm-up step that pays its compile time; ratios stay
@@ -60,14 +61,15 @@ def build(name: str, d: int, seq_len: int = 0) -> torch.nn.Module:
     return build_mixer(cfg.mixer, cfg, 0)
 
 
-def train_step(m: torch.nn.Module, x: torch.Tensor) -> None:
-    y, _ = m(x)
-    y.square().mean().backward()
+def train_step(m: torch.nn.Module, x: torch.Tensor, precision: str = "fp32") -> None:
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        y, _ = m(x)
+    y.float().square().mean().backward()
     m.zero_grad(set_to_none=True)
     x.grad = None
 
 
-def time_training(names: list[str], B: int, T: int, d: int, reps: int) -> dict[str, float]:
+def time_training(names: list[str], B: int, T: int, d: int, reps: int, precision: str) -> dict[str, float]:
     """tokens/s of the best step per mixer; the mixers alternate step by step."""
     mixers = {n: build(n, d, T) for n in names}
     x = torch.randn(B, T, d, requires_grad=True)
@@ -75,14 +77,15 @@ def time_training(names: list[str], B: int, T: int, d: int, reps: int) -> dict[s
     for rep in range(reps + 1):
         for n, m in mixers.items():
             t0 = time.perf_counter()
-            train_step(m, x)
+            train_step(m, x, precision)
             if rep:  # rep 0 is the warm-up
                 best[n] = min(best[n], time.perf_counter() - t0)
     return {n: B * T / t for n, t in best.items()}
 
 
-def peak_memory(name: str, B: int, T: int, d: int, threads: int) -> float:
-    cmd = [sys.executable, __file__, "--memory-child", name, str(B), str(T), str(d), "--threads", str(threads)]
+def peak_memory(name: str, B: int, T: int, d: int, threads: int, precision: str) -> float:
+    cmd = [sys.executable, __file__, "--memory-child", name, str(B), str(T), str(d), "--threads", str(threads),
+           "--precision", precision]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout
         return float(out.strip().splitlines()[-1])
@@ -115,6 +118,7 @@ def main() -> None:
     ap.add_argument("--decode-contexts", type=int, nargs="+", default=[128, 2048])
     ap.add_argument("--decode-steps", type=int, default=16)
     ap.add_argument("--compile", action="store_true", help="also time every mixer compiled (training only)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="training under bf16 autocast or not")
     ap.add_argument("--json", help="write the result file here")
     ap.add_argument("--memory-child", nargs=4, metavar=("MIXER", "B", "T", "D"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -122,20 +126,20 @@ def main() -> None:
     if args.memory_child:
         name, B, T, d = args.memory_child[0], *map(int, args.memory_child[1:])
         m, x = build(name, d), torch.randn(B, T, d, requires_grad=True)
-        print(peak_growth_mib(lambda: train_step(m, x)))
+        print(peak_growth_mib(lambda: train_step(m, x, args.precision)))
         return
 
     d, Ts, names = args.d_model, args.seq_lens, args.mixers
     batch = {T: max(1, args.tokens // T) for T in Ts}
     info = meta()
-    print(f"# mixer throughput: d={d}, fp32, {info['cpu']}, torch {info['torch']}, {args.threads} thread(s), "
+    print(f"# mixer throughput: d={d}, training {args.precision} (decoding fp32), {info['cpu']}, torch {info['torch']}, {args.threads} thread(s), "
           f"{args.tokens} tokens per step, best of {args.reps}, load {info['load_avg']}\n", flush=True)
     speed = {}
     timed = names + ([n + COMPILED for n in names] if args.compile else [])
     for T in Ts:
-        speed[T] = time_training(timed, batch[T], T, d, args.reps)
+        speed[T] = time_training(timed, batch[T], T, d, args.reps, args.precision)
         print(f"  trained T={T}", flush=True)
-    memory = {(n, T): peak_memory(n, batch[T], T, d, args.threads) for n in names for T in Ts}
+    memory = {(n, T): peak_memory(n, batch[T], T, d, args.threads, args.precision) for n in names for T in Ts}
     print("  measured memory", flush=True)
     decode, params = {}, {}
     for n in names:
@@ -163,7 +167,7 @@ def main() -> None:
         else:
             cells += ["—"] * (len(Ts) + len(args.decode_contexts))
         table.append(cells)
-        rows.append({"key": {"mixer": n, "d_model": d}, "metrics": metrics})
+        rows.append({"key": {"mixer": n, "d_model": d, "precision": args.precision}, "metrics": metrics})
     print(markdown_table(head, table))
     lower = [f"peak_mib_T{T}" for T in Ts] + [f"decode_ms_at_{c}" for c in args.decode_contexts]
     write_result(args.json, "mixer_throughput", rows, lower)
