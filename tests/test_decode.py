@@ -124,6 +124,19 @@ def test_generate_matches_decoding_with_plain_weights(batch, pack_limit, monkeyp
     assert torch.equal(out, ids)
 
 
+def test_generate_falls_back_to_column_major_when_onednn_refuses(monkeypatch):
+    def refuse(weight, batch):
+        raise RuntimeError("no oneDNN kernel for this build")
+
+    model = build()
+    prompt = torch.randint(0, 50, (3, 4))
+    packed = model.generate(prompt, 6)
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    with decode_layout.decode_weights(model, 3):
+        assert not decode_layout._packed and model.blocks[0].mlp.w_in.weight.t().is_contiguous()
+    assert torch.equal(model.generate(prompt, 6), packed)
+
+
 def test_packed_linear_equals_linear_and_steps_aside_for_autograd():
     model = build()
     layer = model.blocks[1].mixer.wqkv

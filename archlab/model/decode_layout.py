@@ -53,18 +53,30 @@ def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
+def _pack(weights: list[nn.Parameter], batch: int) -> bool:
+    """Put a oneDNN-packed copy of each weight in ``_packed``; False, keeping none, if oneDNN refuses one (an
+    optimisation must not stop generation: the caller falls back to the column-major layout)."""
+    try:
+        for w in weights:
+            _packed[id(w)] = torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch)
+    except RuntimeError:
+        for w in weights:
+            _packed.pop(id(w), None)
+        return False
+    return True
+
+
 @contextmanager
 def decode_weights(model: nn.Module, batch: int) -> Iterator[None]:
     """Within: ``model``'s plain fp32 CPU ``nn.Linear`` weights in the layout that decodes ``batch`` rows per
     step fastest (see the module doc). On exit, also on an exception, the model is exactly as before. Enter
     it outside ``torch.inference_mode``: the restored weights must stay normal tensors."""
     weights = _linear_weights(model)
-    pack = batch > 1 and _can_pack() and sum(w.numel() * w.element_size() for w in weights) <= PACK_LIMIT_BYTES
-    with torch.no_grad():
-        for w in weights:
-            if pack:
-                _packed[id(w)] = torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch)
-            else:
+    small = sum(w.numel() * w.element_size() for w in weights) <= PACK_LIMIT_BYTES
+    pack = batch > 1 and small and _can_pack() and _pack(weights, batch)
+    if not pack:
+        with torch.no_grad():
+            for w in weights:
                 w.data = w.data.t().contiguous().t()
     try:
         yield
