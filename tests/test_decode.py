@@ -101,13 +101,17 @@ def test_generate_leaves_the_model_as_it_found_it_and_trainable(batch):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("batch, pack_limit", [(1, None), (3, None), (3, 0)])
-def test_generate_matches_decoding_with_plain_weights(batch, pack_limit, monkeypatch):
+GQA = {"name": "attention", "n_heads": 4, "n_kv_heads": 2}
+
+
+@pytest.mark.parametrize("batch, pack_limit, mixer", [(1, None, GQA), (3, None, GQA), (3, 0, GQA), (3, None, {"name": "gla"})])
+def test_generate_matches_decoding_with_plain_weights(batch, pack_limit, mixer, monkeypatch):
     """Same greedy tokens with the decoding layouts (column-major; packed; column-major when the packed copy
-    would exceed the limit) as with the plain loop; the layout in use is the one documented."""
+    would exceed the limit) as with the plain loop; the layout in use is the one documented. GLA: a packed
+    projection with a bias (gk_up)."""
     if pack_limit is not None:
         monkeypatch.setattr(decode_layout, "PACK_LIMIT_BYTES", pack_limit)
-    model = build(canon="AD", mixer={"name": "attention", "n_heads": 4, "n_kv_heads": 2})
+    model = build(canon="AD", mixer=mixer)
     prompt = torch.randint(0, 50, (batch, 4))
     with decode_layout.decode_weights(model, batch):
         w = model.blocks[0].mlp.w_in.weight
