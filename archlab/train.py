@@ -246,16 +246,17 @@ def _train(cfg: RunConfig, run_dir: str | Path | None, resume: str, progress: Pr
             t0 = time.perf_counter()
             lr_mult = lr_factor(step, tc.steps, cfg.optim)
             opt.set_lr(lr_mult)
-            tokens, mask = task.batch("train", cfg.seed, 0, step, tc.batch_size)
-            normaliser = mask[:, 1:].sum().clamp_min(1).to(device) / d.world  # DDP / FSDP average gradients over ranks
-            tokens, mask = tokens[rows].to(device), mask[rows].to(device)
+            batch = task.batch("train", cfg.seed, 0, step, tc.batch_size)
+            normaliser = batch.loss_mask[:, 1:].sum().clamp_min(1).to(device) / d.world  # DDP / FSDP average gradients over ranks
+            batch = batch.rows(rows).to(device)
             loss_sum = torch.zeros((), device=device)
             draws: list[dict[str, Any]] = []  # per-micro-batch model arguments, a pure function of (seed, step, i)
             for i in range(tc.grad_accum):
-                tk, mk = tokens[i * micro : (i + 1) * micro], mask[i * micro : (i + 1) * micro]
+                ids, targets, mk, docs = batch.rows(slice(i * micro, (i + 1) * micro)).model_inputs()
                 draws.append(model.micro_batch_args(cfg.seed, step, i, tc.steps) if hasattr(model, "micro_batch_args") else {})
+                doc_arg = {} if docs is None else {"doc_ids": docs}  # unmasked runs call the model exactly as before
                 with autocast_context(device, tc.precision):
-                    loss = loss_fn(tk[:, :-1], tk[:, 1:], mk[:, 1:], normaliser, **draws[-1])
+                    loss = loss_fn(ids, targets, mk, normaliser, **doc_arg, **draws[-1])
                 loss.backward()
                 loss_sum += loss.detach()
             loss_value = float(global_mean(loss_sum, d))

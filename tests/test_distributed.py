@@ -27,14 +27,16 @@ def losses(run_dir: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    """One torchrun launch: DDP for 4 steps; FSDP2 stopped after 2 steps (a DCP checkpoint from 2 processes)."""
+    """One torchrun launch: DDP for 4 steps; FSDP2 stopped after 2 steps (a DCP checkpoint from 2 processes);
+    DDP on DEPO with document masking."""
     out = tmp_path_factory.mktemp("dist")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(Path(__file__).parent / "dist_worker.py"), str(out), "ddp:ddp:", "fsdp:fsdp:2"]
+           str(Path(__file__).parent / "dist_worker.py"), str(out), "ddp:ddp:", "fsdp:fsdp:2", "ddp-docs:ddp::docs"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     train(config(str(out), "single", "none"))
+    train(config(str(out), "single-docs", "none", "docs"))
     return out
 
 
@@ -43,6 +45,11 @@ def test_ddp_two_processes_equal_one(runs):
     assert len(single) == len(ddp) == 4
     assert max(abs(a - b) for a, b in zip(single, ddp)) < TOL, (single, ddp)
     assert single[-1] < single[0]
+
+
+def test_ddp_with_document_masking_equals_one_process(runs):
+    single, ddp = losses(runs / "single-docs"), losses(runs / "ddp-docs")
+    assert len(single) == len(ddp) == 4 and max(abs(a - b) for a, b in zip(single, ddp)) < TOL, (single, ddp)
 
 
 def test_fsdp_two_processes_then_resume_on_one_from_dcp(runs):

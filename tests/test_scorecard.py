@@ -4,6 +4,7 @@ import json
 import sqlite3
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from archlab.cli import app
@@ -126,3 +127,11 @@ def test_end_to_end_resumes(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="different recipe"):
         monkeypatch.setitem(BUDGETS["test"], "mano", TaskBudget("mano_tiny.yaml", 3 * 4 * 32, (3e-3,), 2, small))
         plan([PAPER_4_1["rope-canon"]], "test", ["mano"], out)
+
+
+def test_overrides_reach_every_cell(tmp_path):
+    cells = plan([PAPER_4_1["nope-canon"]], "tiny", ["depo", "lano"], tmp_path, ("data.doc_mask=true",))
+    for _, cell_dir in cells:
+        assert yaml.safe_load((cell_dir / "cell.yaml").read_text())["data"]["doc_mask"] is True
+    with pytest.raises(ConfigError, match="different recipe"):
+        plan([PAPER_4_1["nope-canon"]], "tiny", ["depo"], tmp_path)
