@@ -17,6 +17,7 @@ from wandb.proto import wandb_internal_pb2
 
 from archlab.cli import app
 from archlab.config import ConfigError, load_config
+from archlab.sweep import SweepPlan, run_plan, train_command
 from archlab.tracking.base import scalars
 from archlab.tracking.wandb_logger import run_id
 from archlab.train import config_diff, read_metrics
@@ -166,6 +167,10 @@ def test_missing_package_is_one_line_naming_the_extra_before_any_run_dir(tmp_pat
     result = CliRunner().invoke(app, ["train", f"train.loggers=[{package}]", f"out_dir={tmp_path}", "name=run"])
     assert result.exit_code == 2 and message in " ".join(result.output.split())
     assert not (tmp_path / "run").exists()
+    plan = SweepPlan(None, [f"train.loggers={package}", "train.steps=1"], {"optim.lr": [1e-3, 3e-3]}, seeds=2)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        run_plan(tmp_path / "sw", plan)
+    assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == ["sweep.json"]  # no run directory
 
 
 def test_unknown_or_repeated_logger_is_a_config_error_naming_the_key(tmp_path):
@@ -182,3 +187,16 @@ def test_logging_settings_do_not_block_resuming():
     tracked = load_config(None, ["train.loggers=[tensorboard,wandb]", "train.group=g", "train.wandb.mode=online",
                                  "train.wandb.project=p"]).to_dict()
     assert plain != tracked and config_diff(plain, tracked) == []
+
+
+def test_sweep_groups_the_seeds_of_an_arm(tmp_path):
+    plan = SweepPlan(None, ["train.steps=1"], {"optim.lr": [1e-3, 3e-3], "model.canon": ["", "ABCD"]}, seeds=2)
+    groups = {}
+    for spec in plan.specs():
+        cmd = train_command(spec, plan, tmp_path / "sw", threads=1)
+        groups[spec.name] = load_config(None, cmd[cmd.index("train") + 1 :]).train.group
+    assert groups == {f"lr={lr}_canon={c}_seed={s}": f"sw/lr={lr}_canon={c}" for lr in ("0.001", "0.003")
+                      for c in ("none", "ABCD") for s in (0, 1)}
+    labelled = SweepPlan(None, [], {}, seeds=2, label="sc/rope/depo")  # seeds only: the group is the label
+    commands = [train_command(spec, labelled, tmp_path, 1) for spec in labelled.specs()]
+    assert [load_config(None, cmd[cmd.index("train") + 1 :]).train.group for cmd in commands] == ["sc/rope/depo"] * 2
