@@ -197,8 +197,8 @@ class TrainConfig(Section):
     @field_validator("loggers", mode="before")
     @classmethod
     def _one_logger(cls, v: Any) -> Any:
-        if isinstance(v, str):  # train.loggers=wandb, and train.loggers= for none
-            return [v] if v else []
+        if isinstance(v, str):  # train.loggers=tensorboard,wandb (no brackets for the shell to glob); '' = none
+            return [name.strip() for name in v.split(",")] if v else []
         return v
 
     @field_validator("loggers")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import wandb
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -37,8 +38,10 @@ def _quiet_offline_wandb(tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
 
 
-def _train_cli(tmp_path: Path, *extra: str):
-    result = CliRunner().invoke(app, ["train", str(CONFIG), *TINY, f"out_dir={tmp_path}", "name=run", *extra])
+def _train_cli(tmp_path: Path) -> Path:
+    """``archlab train`` of the tiny DEPO run into tmp_path/run, with both trackers."""
+    result = CliRunner().invoke(app, ["train", str(CONFIG), *TINY, f"out_dir={tmp_path}", "name=run"])
+    wandb.teardown()  # what the CLI's exit does: W&B's service writes the rest of the .wandb file and stops
     assert result.exit_code == 0, result.output
     return tmp_path / "run"
 
@@ -179,6 +182,7 @@ def test_unknown_or_repeated_logger_is_a_config_error_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"train.loggers: \['wandb', 'wandb'\] names a logger twice"):
         load_config(None, ["train.loggers=[wandb,wandb]"])
     assert load_config(None, ["train.loggers=wandb"]).train.loggers == ["wandb"]
+    assert load_config(None, ["train.loggers=tensorboard,wandb"]).train.loggers == ["tensorboard", "wandb"]
     assert load_config(None, []).train.loggers == []
 
 
