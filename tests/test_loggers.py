@@ -19,6 +19,7 @@ from wandb.proto import wandb_internal_pb2
 from archlab.cli import app
 from archlab.config import ConfigError, load_config
 from archlab.sweep import SweepPlan, run_plan, train_command
+from archlab.tracking import Loggers
 from archlab.tracking.base import scalars
 from archlab.tracking.wandb_logger import run_id
 from archlab.train import config_diff, read_metrics
@@ -204,3 +205,27 @@ def test_sweep_groups_the_seeds_of_an_arm(tmp_path):
     labelled = SweepPlan(None, [], {}, seeds=2, label="sc/rope/depo")  # seeds only: the group is the label
     commands = [train_command(spec, labelled, tmp_path, 1) for spec in labelled.specs()]
     assert [load_config(None, cmd[cmd.index("train") + 1 :]).train.group for cmd in commands] == ["sc/rope/depo"] * 2
+
+
+def test_loggers_fan_out_and_close_failed_when_training_raised():
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def log(self, step, record):
+            self.calls.append(("log", step, record["loss"]))
+
+        def log_eval(self, step, metrics):
+            self.calls.append(("eval", step, metrics["loss"]))
+
+        def close(self, failed=False):
+            self.calls.append(("close", failed))
+
+    a, b = Recorder(), Recorder()
+    with Loggers([a, b]) as loggers:
+        loggers.log(1, {"step": 1, "loss": 2.5})
+        loggers.log_eval(1, {"loss": 2.25})
+    with pytest.raises(RuntimeError), Loggers([b]):
+        raise RuntimeError("diverged")
+    assert a.calls == [("log", 1, 2.5), ("eval", 1, 2.25), ("close", False)]
+    assert b.calls == a.calls + [("close", True)]
