@@ -168,7 +168,8 @@ def run_scorecard(cells: list[tuple[Cell, Path]], jobs: int, on_done: OnDone | N
     for cell, cell_dir in cells:
         label = f"{cell.arch} x {cell.task}"
         report = (lambda spec, row, i, n, label=label: on_done(label, spec, row)) if on_done else None
-        rows += run_sweep(cell_dir, cell_dir / CELL_YAML, [], {LR_KEY: cell.lrs}, cell.seeds, jobs, on_done=report)
+        rows += run_sweep(cell_dir, cell_dir / CELL_YAML, [], {LR_KEY: cell.lrs}, cell.seeds, jobs, on_done=report,
+                          label=f"{cell_dir.resolve().parent.parent.name}/{cell.arch}/{cell.task}")  # run groups OUT/ARCH/TASK/lr=...
     return rows
 
 

@@ -109,6 +109,8 @@ def test_end_to_end_resumes(tmp_path, monkeypatch):
     second = run_scorecard(again, jobs=2)  # the finished cell is skipped
     assert sorted(r["name"] for r in second) == ["lr=0.003_seed=0", "lr=0.003_seed=1"]
     assert all(r["status"] == "done" and r["tokens"] == 256 for r in second), [r["error"] for r in second]
+    groups = [yaml.safe_load((out / "rope-canon" / "mano" / r["name"] / "config.yaml").read_text())["train"]["group"] for r in second]
+    assert groups == ["sc/rope-canon/mano/lr=0.003"] * 2  # the seeds of a cell's LR: one W&B / TensorBoard group
     assert run_scorecard(again, jobs=2) == []
     path = write_report(out, "test")
     md = path.read_text()
