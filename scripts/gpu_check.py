@@ -15,8 +15,9 @@ Sections (each a list of rows; a failing row never stops the others; each sectio
   throughput  tok/s and MFU (bf16 peak: datasheet table by GPU name, else a measured matmul) vs transformers'
               Llama at d=1024 L=16 T=2048 B=8 and d=2048; Canon-ABCD overhead; the mixers at T = 8192
   memory      peak CUDA memory of a training step vs the Llama peer
-Writes OUT/gpu_check.json (rows, machine, per-section seconds) and OUT/gpu_check.md; exit code 1 if a row
-failed, 2 without CUDA (unless --dry-run) or when archlab cannot be imported.
+Writes OUT/gpu_check.json (rows, machine, per-section seconds) and OUT/gpu_check.md (gpu_check_quick.*,
+gpu_check_dry_run.* for the other modes); exit code 1 if a row failed, 2 without CUDA (unless --dry-run) or when
+archlab cannot be imported.
 
 No network is needed: archlab is read from this checkout (no ``pip install -e``), fla and transformers are used
 when importable. A machine without pydantic (or fla) gets wheels carried from a machine with network:
@@ -33,6 +34,7 @@ when importable. A machine without pydantic (or fla) gets wheels carried from a 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -50,11 +52,13 @@ NO_CUDA = "no CUDA device: torch.cuda.is_available() is False; use --dry-run to 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "gpu", help="folder for gpu_check.json / .md")
+    ap.add_argument("--out", type=Path, help="folder for gpu_check*.json / .md (default results/gpu; dry run: runs/gpu_check)")
     ap.add_argument("--quick", action="store_true", help="fewer rows and sizes (<= 3 min on an H100 / H200)")
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU: the script's own test, no GPU needed")
     ap.add_argument("--only", help="comma-separated sections: train, fla, compile, torchrun, throughput, memory")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    args.out = args.out or ROOT / ("runs/gpu_check" if args.dry_run else "results/gpu")  # a dry run never lands in results/
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         from gpucheck import compile_rows, fla_rows, memory_rows, throughput_rows, torchrun_rows, train_rows
         from gpucheck.machine import machine_info, peak_tflops
         from gpucheck.report import print_table, summary, write
-        from gpucheck.rows import Context, run_section
+        from gpucheck.rows import Context, Row, run_section
     except ImportError as err:
         print(f"error: cannot import archlab from {ROOT} ({err}); carry the missing wheels (make gpu-wheels, then "
               "pip install --no-index --no-deps --target /tmp/site .whl/*.whl and PYTHONPATH=/tmp/site)", file=sys.stderr)
@@ -79,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mode = "dry-run" if args.dry_run else "quick" if args.quick else "full"
     device = torch.device("cpu") if args.dry_run else torch.device("cuda", 0)
+    if args.dry_run:  # tiny ops: one thread (2-thread OpenMP barriers cost 20x on a busy box), torchrun's worker too
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
     t0 = time.perf_counter()
     peak, peak_source, measured = peak_tflops(device)
     info = machine_info(device) | {"bf16_peak_tflops": peak, "bf16_peak_source": peak_source, "measured_matmul_tflops": measured}
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(mode, device, work, peak)
     rows, timings = [], []
 
-    def report(row) -> None:
+    def report(row: Row) -> None:
         print(f"  [{row.section}] {row.name}: {row.status} ({row.seconds:.1f} s){' - ' + row.message if row.message else ''}", flush=True)
 
     try:

@@ -32,7 +32,9 @@ def dry(tmp_path_factory) -> dict:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "16 pass, 0 fail, 3 skip" in proc.stdout
-    return json.loads((out / "gpu_check.json").read_text())
+    table = (out / "gpu_check_dry_run.md").read_text().splitlines()
+    assert len(table) == 4 + 19 and "| train | gdn canon=ABbCD keel | PASS |" in "\n".join(table)
+    return json.loads((out / "gpu_check_dry_run.json").read_text())
 
 
 def rows_of(doc: dict, section: str) -> list[dict]:

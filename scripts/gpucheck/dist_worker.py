@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from gpucheck.runs import config
 from archlab.train import train
+from gpucheck.runs import config
 
 if __name__ == "__main__":
     out, runs = Path(sys.argv[1]), json.loads(sys.argv[2])

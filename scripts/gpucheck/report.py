@@ -1,9 +1,11 @@
 """The check's outputs: the table on the terminal (rich when importable, else plain text), ``gpu_check.md``
-(the same table in markdown, for the README) and ``gpu_check.json`` (every row, the machine, the timings)."""
+(the same table in markdown, for the README) and ``gpu_check.json`` (every row, the machine, the timings);
+``--quick`` and ``--dry-run`` write ``gpu_check_quick.*`` / ``gpu_check_dry_run.*`` instead."""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,6 +16,8 @@ HEAD = ["section", "row", "status", "numbers", "message", "s"]
 
 
 def fmt(v: float) -> str:
+    if not math.isfinite(v):
+        return str(v)
     if v == int(v) and abs(v) < 1e6:
         return str(int(v))
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
@@ -47,13 +51,14 @@ def print_table(rows: list[Row], title: str) -> None:
 
 
 def write(out: Path, doc: dict, rows: list[Row]) -> Path:
-    """Write ``gpu_check.json`` and ``gpu_check.md`` into ``out``; returns the JSON's path."""
+    """Write the JSON and the markdown table into ``out``; returns the JSON's path."""
     out.mkdir(parents=True, exist_ok=True)
     doc = doc | {"summary": summary(rows), "rows": [asdict(r) for r in rows]}
-    path = out / "gpu_check.json"
+    stem = "gpu_check" + {"full": "", "quick": "_quick", "dry-run": "_dry_run"}[doc["mode"]]
+    path = out / f"{stem}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
     m = doc["machine"]
     lines = [f"{m['date']}, {m['device']}, torch {m['torch']}, CUDA {m.get('cuda')}, commit {m['git_commit']}, mode {doc['mode']}, "
              f"{doc['total_s']:.0f} s", "", markdown_table(HEAD, [[c.replace("|", "\\|") for c in cells(r)] for r in rows])]
-    (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return path
