@@ -40,11 +40,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # archlab from this checkout; the benchmarks' helpers
 
 import torch  # noqa: E402
+
+if TYPE_CHECKING:
+    from gpucheck.rows import Row
 
 NO_CUDA = "no CUDA device: torch.cuda.is_available() is False; use --dry-run to exercise the script on CPU"
 
@@ -61,26 +65,37 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def sections() -> list:
+    """The section modules in running order (importing them imports archlab, hence pydantic)."""
+    from gpucheck import compile_rows, fla_rows, memory_rows, throughput_rows, torchrun_rows, train_rows
+
+    return [train_rows, fla_rows, compile_rows, torchrun_rows, throughput_rows, memory_rows]
+
+
+def print_row(row: Row) -> None:
+    print(f"  [{row.section}] {row.name}: {row.status} ({row.seconds:.1f} s){' - ' + row.message if row.message else ''}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if not args.dry_run and not torch.cuda.is_available():
         print(f"error: {NO_CUDA}", file=sys.stderr)
         return 2
     try:
-        from gpucheck import compile_rows, fla_rows, memory_rows, throughput_rows, torchrun_rows, train_rows
-        from gpucheck.machine import machine_info, peak_tflops
-        from gpucheck.report import print_table, summary, write
-        from gpucheck.rows import Context, Row, run_section
+        known = sections()
     except ImportError as err:
         print(f"error: cannot import archlab from {ROOT} ({err}); carry the missing wheels (make gpu-wheels, then "
               "pip install --no-index --no-deps --target /tmp/site .whl/*.whl and PYTHONPATH=/tmp/site)", file=sys.stderr)
         return 2
-    sections = [train_rows, fla_rows, compile_rows, torchrun_rows, throughput_rows, memory_rows]
-    chosen = [n.strip() for n in (args.only or "").split(",") if n.strip()] or [s.NAME for s in sections]
-    unknown = sorted(set(chosen) - {s.NAME for s in sections})
+    chosen = [n.strip() for n in (args.only or "").split(",") if n.strip()] or [s.NAME for s in known]
+    unknown = sorted(set(chosen) - {s.NAME for s in known})
     if unknown:
-        print(f"error: --only: unknown section(s) {', '.join(unknown)}; known: {', '.join(s.NAME for s in sections)}", file=sys.stderr)
+        print(f"error: --only: unknown section(s) {', '.join(unknown)}; known: {', '.join(s.NAME for s in known)}", file=sys.stderr)
         return 2
+    from gpucheck.machine import machine_info, peak_tflops
+    from gpucheck.report import print_table, summary, write
+    from gpucheck.rows import Context, run_sections
+
     mode = "dry-run" if args.dry_run else "quick" if args.quick else "full"
     device = torch.device("cpu") if args.dry_run else torch.device("cuda", 0)
     if args.dry_run:  # tiny ops: one thread (2-thread OpenMP barriers cost 20x on a busy box), torchrun's worker too
@@ -91,24 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(device) | {"bf16_peak_tflops": peak, "bf16_peak_source": peak_source, "measured_matmul_tflops": measured}
     print(f"# gpu check ({mode}): {info['device']}, torch {info['torch']}, CUDA {info['cuda']}, peak {peak:.3g} TFLOP/s ({peak_source})", flush=True)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    ctx = Context(mode, device, work, peak)
-    rows, timings = [], []
-
-    def report(row: Row) -> None:
-        print(f"  [{row.section}] {row.name}: {row.status} ({row.seconds:.1f} s){' - ' + row.message if row.message else ''}", flush=True)
-
     try:
-        for section in (s for s in sections if s.NAME in chosen):
-            ts = time.perf_counter()
-            budget = section.BUDGET_S[mode]
-            rows += run_section(section.NAME, section.specs(ctx), budget, report)
-            timings.append({"name": section.NAME, "title": section.TITLE, "seconds": time.perf_counter() - ts, "budget_s": budget})
-            print(f"  {section.NAME}: {timings[-1]['seconds']:.0f} s (time box {budget} s)", flush=True)
+        rows, timings = run_sections([s for s in known if s.NAME in chosen], Context(mode, device, work, peak), print_row)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     total = time.perf_counter() - t0
-    doc = {"schema": 1, "tool": "gpu_check", "mode": mode, "machine": info, "sections": timings, "total_s": total}
-    path = write(args.out, doc, rows)
+    path = write(args.out, {"schema": 1, "tool": "gpu_check", "mode": mode, "machine": info, "sections": timings, "total_s": total}, rows)
     counts = summary(rows)
     print_table(rows, f"gpu check ({mode}) on {info['device']}: {counts['pass']} pass, {counts['fail']} fail, "
                       f"{counts['skip']} skip in {total:.0f} s")

@@ -15,7 +15,7 @@ import torch
 
 from archlab.model.compile import has_cpp_compiler
 from gpucheck.rows import ConfigRow, Context, Outcome, RowSpec, Skip, selected
-from gpucheck.runs import losses, train_run
+from gpucheck.runs import Shape, losses, train_run
 
 NAME, TITLE = "compile", "train.compile=true == eager"
 BUDGET_S = {"full": 90, "quick": 45, "dry-run": 300}
@@ -25,19 +25,16 @@ TOL = {"bf16": 2e-2, "fp32": 1e-4}
 
 @dataclass(frozen=True)
 class Sizes:
-    d: int
-    layers: int
-    seq_len: int
-    batch: int
+    shape: Shape
     steps: int
     heads: int
     precision: str
 
 
-GPU = Sizes(d=512, layers=2, seq_len=512, batch=8, steps=8, heads=8, precision="bf16")
+GPU = Sizes(Shape(512, 2, 512, 8), steps=8, heads=8, precision="bf16")
 # the dry run compiles tests/test_compile.py's model in fp32, whose graphs inductor's disk cache may already hold
 # (CPU inductor's C++ build of new graphs takes ~20-30 s on 2 cores)
-SIZES = {"full": GPU, "quick": GPU, "dry-run": Sizes(d=32, layers=2, seq_len=32, batch=4, steps=3, heads=2, precision="fp32")}
+SIZES = {"full": GPU, "quick": GPU, "dry-run": Sizes(Shape(32, 2, 32, 4), steps=3, heads=2, precision="fp32")}
 
 
 ROWS = [
@@ -47,9 +44,8 @@ ROWS = [
 
 
 def run_overrides(spec: ConfigRow, s: Sizes) -> list[str]:
-    return [f"model.d_model={s.d}", f"model.n_layers={s.layers}", f"model.mixer.n_heads={s.heads}", f"train.seq_len={s.seq_len}",
-            f"train.batch_size={s.batch}", f"train.steps={s.steps}", "optim.lr=3e-3", f"train.precision={s.precision}",
-            *spec.overrides]
+    return [*s.shape.overrides(), f"model.mixer.n_heads={s.heads}", f"train.steps={s.steps}", "optim.lr=3e-3",
+            f"train.precision={s.precision}", *spec.overrides]
 
 
 def check(spec: ConfigRow, ctx: Context) -> Outcome:

@@ -10,13 +10,14 @@ from functools import partial
 
 from common import step_peak_mib
 from gpucheck.rows import Context, Outcome, RowSpec
-from gpucheck.throughput_rows import SIZES, Size, training_steps
+from gpucheck.runs import Shape
+from gpucheck.throughput_rows import SIZES, training_steps
 
 NAME, TITLE = "memory", "peak memory per training step vs HF Llama"
 BUDGET_S = {"full": 40, "quick": 20, "dry-run": 120}
 
 
-def check(size: Size, ctx: Context) -> Outcome:
+def check(size: Shape, ctx: Context) -> Outcome:
     steps, _ = training_steps(size, ctx.device)
     mib = {name: step_peak_mib(step, ctx.device) for name, step in steps.items()}
     numbers = {f"{name}_peak_mib": v for name, v in mib.items()}

@@ -12,6 +12,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Literal
 
 import torch
@@ -106,3 +107,14 @@ def run_section(section: str, specs: list[RowSpec], budget_s: float, report: Cal
         report(row)
         rows.append(row)
     return rows
+
+
+def run_sections(sections: list[ModuleType], ctx: Context, report: Callable[[Row], None]) -> tuple[list[Row], list[dict]]:
+    """Every row of every section in order; (rows, per-section {name, title, seconds, budget_s})."""
+    rows, timings = [], []
+    for section in sections:
+        t0, budget = time.perf_counter(), section.BUDGET_S[ctx.mode]
+        rows += run_section(section.NAME, section.specs(ctx), budget, report)
+        timings.append({"name": section.NAME, "title": section.TITLE, "seconds": time.perf_counter() - t0, "budget_s": budget})
+        print(f"  {section.NAME}: {timings[-1]['seconds']:.0f} s (time box {budget} s)", flush=True)
+    return rows, timings

@@ -4,6 +4,7 @@ machine, no download), the per-step metrics, the trained model back from its che
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +17,24 @@ from archlab.train import TrainResult, read_metrics, train
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = [f"data.paths=[{ROOT / 'archlab'}]", "data.max_bytes=400000"]  # byte-level text, ~300 kB of Python
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Model width and depth, sequence length and batch size of a run."""
+
+    d: int
+    layers: int
+    seq_len: int
+    batch: int
+
+    @property
+    def label(self) -> str:
+        return f"d={self.d} L={self.layers} T={self.seq_len} B={self.batch}"
+
+    def overrides(self) -> list[str]:
+        return [f"model.d_model={self.d}", f"model.n_layers={self.layers}", f"train.seq_len={self.seq_len}",
+                f"train.batch_size={self.batch}"]
 
 
 def run_name(label: str) -> str:
@@ -47,7 +66,7 @@ def trained_model(run_dir: Path, device: torch.device) -> tuple[RunConfig, LM]:
 
 def rel(got: torch.Tensor, ref: torch.Tensor) -> float:
     """‖got − ref‖ / ‖ref‖ in fp64."""
-    got, ref = got.double(), ref.double()
+    got, ref = got.detach().double(), ref.detach().double()
     return float((got - ref).norm() / ref.norm().clamp_min(1e-30))
 
 

@@ -15,6 +15,7 @@ import torch
 
 from common import synced, time_interleaved
 from gpucheck.rows import Context, Outcome, RowSpec
+from gpucheck.runs import Shape
 from mixer_throughput import MIXERS, time_training
 from train_throughput import VOCAB, make_models, step_fn
 
@@ -23,20 +24,8 @@ BUDGET_S = {"full": 60, "quick": 30, "dry-run": 300}
 
 
 @dataclass(frozen=True)
-class Size:
-    d: int
-    layers: int
-    seq_len: int
-    batch: int
-
-    @property
-    def label(self) -> str:
-        return f"d={self.d} L={self.layers} T={self.seq_len} B={self.batch}"
-
-
-@dataclass(frozen=True)
 class Sizes:
-    models: tuple[Size, ...]
+    models: tuple[Shape, ...]
     warmup: int
     steps: int
     mixer_d: int
@@ -44,17 +33,17 @@ class Sizes:
     mixer_tokens: int
 
 
-ISSUE = Size(1024, 16, 2048, 8)  # the issue's shape
-SIZES = {"full": Sizes((ISSUE, Size(2048, 16, 2048, 8)), warmup=2, steps=5, mixer_d=1024, mixer_len=8192, mixer_tokens=16384),
+ISSUE = Shape(1024, 16, 2048, 8)  # the issue's shape
+SIZES = {"full": Sizes((ISSUE, Shape(2048, 16, 2048, 8)), warmup=2, steps=5, mixer_d=1024, mixer_len=8192, mixer_tokens=16384),
          "quick": Sizes((ISSUE,), warmup=2, steps=3, mixer_d=1024, mixer_len=8192, mixer_tokens=16384),
-         "dry-run": Sizes((Size(64, 2, 128, 8),), warmup=0, steps=1, mixer_d=64, mixer_len=256, mixer_tokens=512)}
+         "dry-run": Sizes((Shape(64, 2, 128, 8),), warmup=0, steps=1, mixer_d=64, mixer_len=256, mixer_tokens=512)}
 
 
 def has_hf() -> bool:
     return importlib.util.find_spec("transformers") is not None
 
 
-def models(size: Size, device: torch.device) -> dict[str, tuple[torch.nn.Module, bool]]:
+def models(size: Shape, device: torch.device) -> dict[str, tuple[torch.nn.Module, bool]]:
     """{name: (model, is_hf)}: archlab, archlab + Canon-ABCD and (if importable) HF Llama with archlab's weights."""
     torch.manual_seed(0)
     with torch.device(device):
@@ -62,7 +51,7 @@ def models(size: Size, device: torch.device) -> dict[str, tuple[torch.nn.Module,
     return {"archlab": (ours, False), "canon": (canon, False)} | ({"hf": (hf, True)} if hf is not None else {})
 
 
-def training_steps(size: Size, device: torch.device) -> tuple[dict, torch.nn.Module]:
+def training_steps(size: Shape, device: torch.device) -> tuple[dict, torch.nn.Module]:
     """{name: one synchronised bf16 training step}, and archlab's model (for its FLOPs per token)."""
     entrants = models(size, device)
     ids = torch.randint(0, VOCAB, (size.batch, size.seq_len + 1), device=device)
@@ -71,7 +60,7 @@ def training_steps(size: Size, device: torch.device) -> tuple[dict, torch.nn.Mod
     return steps, entrants["archlab"][0]
 
 
-def check_train(size: Size, ctx: Context) -> Outcome:
+def check_train(size: Shape, ctx: Context) -> Outcome:
     s = SIZES[ctx.mode]
     steps, ours = training_steps(size, ctx.device)
     sec = time_interleaved(steps, s.warmup, s.steps)

@@ -20,7 +20,7 @@ from archlab.checkpoint import MODEL_FILE
 from archlab.distributed import DCP_DIR
 from archlab.train import read_metrics
 from gpucheck.rows import Context, Outcome, RowSpec
-from gpucheck.runs import ROOT, losses, run_name
+from gpucheck.runs import ROOT, Shape, losses, run_name
 
 NAME, TITLE = "torchrun", "torchrun --nproc_per_node=1: DDP / FSDP2, DCP checkpoint, resume"
 BUDGET_S = {"full": 90, "quick": 90, "dry-run": 300}
@@ -31,20 +31,17 @@ WORKER = Path(__file__).with_name("dist_worker.py")
 
 @dataclass(frozen=True)
 class Sizes:
-    d: int
-    seq_len: int
-    batch: int
+    shape: Shape
     steps: int
     stop_after: int  # the first launch's runs stop (and checkpoint) here; the second call resumes
 
 
-GPU = Sizes(d=256, seq_len=256, batch=8, steps=4, stop_after=2)
-SIZES = {"full": GPU, "quick": GPU, "dry-run": Sizes(d=32, seq_len=32, batch=4, steps=4, stop_after=2)}
+GPU = Sizes(Shape(256, 2, 256, 8), steps=4, stop_after=2)
+SIZES = {"full": GPU, "quick": GPU, "dry-run": Sizes(Shape(32, 2, 32, 4), steps=4, stop_after=2)}
 
 
 def overrides(s: Sizes, parallel: str) -> list[str]:
-    return [f"model.d_model={s.d}", "model.n_layers=2", f"train.seq_len={s.seq_len}", f"train.batch_size={s.batch}",
-            f"train.steps={s.steps}", f"train.parallel={parallel}", "optim.lr=3e-3"]
+    return [*s.shape.overrides(), f"train.steps={s.steps}", f"train.parallel={parallel}", "optim.lr=3e-3"]
 
 
 def launch(ctx: Context) -> float:

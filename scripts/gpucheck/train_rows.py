@@ -20,7 +20,7 @@ from archlab.config import RunConfig
 from archlab.evaluate import autocast_context
 from archlab.tasks import build_task
 from gpucheck.rows import ConfigRow, Context, Outcome, RowSpec, selected
-from gpucheck.runs import losses, rel, train_run, trained_model
+from gpucheck.runs import Shape, losses, rel, train_run, trained_model
 
 NAME, TITLE = "train", "bf16 training + decode == forward, every mixer x Canon x residual"
 BUDGET_S = {"full": 130, "quick": 50, "dry-run": 300}
@@ -28,10 +28,7 @@ BUDGET_S = {"full": 130, "quick": 50, "dry-run": 300}
 
 @dataclass(frozen=True)
 class Sizes:
-    d: int
-    layers: int
-    seq_len: int
-    batch: int
+    shape: Shape
     steps: int
     lr: float
     min_drop: float  # nats: mean of the first fifth of the losses minus the mean of the last fifth, at least
@@ -40,9 +37,9 @@ class Sizes:
 
 
 BF16_DECODE_TOL = 3e-2  # bf16 (8 mantissa bits) through a few layers; fp32 agrees to ~1e-6
-GPU = Sizes(d=256, layers=4, seq_len=256, batch=16, steps=30, lr=3e-3, min_drop=0.5, prefill=224, decode_tol=BF16_DECODE_TOL)
+GPU = Sizes(Shape(256, 4, 256, 16), steps=30, lr=3e-3, min_drop=0.5, prefill=224, decode_tol=BF16_DECODE_TOL)
 SIZES = {"full": GPU, "quick": GPU,  # --quick runs fewer rows, not smaller ones
-         "dry-run": Sizes(d=32, layers=2, seq_len=64, batch=4, steps=6, lr=1e-2, min_drop=0.3, prefill=48, decode_tol=BF16_DECODE_TOL)}
+         "dry-run": Sizes(Shape(32, 2, 64, 4), steps=8, lr=1e-2, min_drop=0.3, prefill=48, decode_tol=BF16_DECODE_TOL)}
 
 # mixer: (its overrides, the full Canon set: every placement it has; the linear mixers' own short convs are "b")
 MIXERS = {
@@ -86,8 +83,7 @@ def held_out_ids(cfg: RunConfig, device: torch.device, length: int) -> torch.Ten
 
 
 def run_overrides(spec: ConfigRow, s: Sizes) -> list[str]:
-    return [f"model.d_model={s.d}", f"model.n_layers={s.layers}", f"train.seq_len={s.seq_len}", f"train.batch_size={s.batch}",
-            f"train.steps={s.steps}", f"optim.lr={s.lr}", "train.precision=bf16", *spec.overrides]
+    return [*s.shape.overrides(), f"train.steps={s.steps}", f"optim.lr={s.lr}", "train.precision=bf16", *spec.overrides]
 
 
 def check(spec: ConfigRow, ctx: Context) -> Outcome:
@@ -97,7 +93,7 @@ def check(spec: ConfigRow, ctx: Context) -> Outcome:
     k = max(2, len(loss) // 5)
     first, last = statistics.mean(loss[:k]), statistics.mean(loss[-k:])
     cfg, model = trained_model(result.run_dir, ctx.device)
-    err = decode_error(model, held_out_ids(cfg, ctx.device, s.seq_len), s.prefill)
+    err = decode_error(model, held_out_ids(cfg, ctx.device, s.shape.seq_len), s.prefill)
     numbers = {"loss_first": first, "loss_last": last, "loss_drop": first - last, "decode_rel_err": err,
                "tok_s": statistics.median(m["tok_per_s"] for m in metrics[1:])}
     problems = [] if all(map(math.isfinite, loss)) else ["a loss is not finite"]
