@@ -14,7 +14,7 @@ from gpucheck.runs import Shape
 from gpucheck.throughput_rows import SIZES, training_steps
 
 NAME, TITLE = "memory", "peak memory per training step vs HF Llama"
-BUDGET_S = {"full": 40, "quick": 20, "dry-run": 120}
+BUDGET_S = {"full": 30, "quick": 15, "dry-run": 120}
 
 
 def check(size: Shape, ctx: Context) -> Outcome:

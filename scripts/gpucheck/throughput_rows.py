@@ -20,7 +20,7 @@ from mixer_throughput import MIXERS, time_training
 from train_throughput import VOCAB, make_models, step_fn
 
 NAME, TITLE = "throughput", "train tok/s and MFU vs HF Llama, Canon overhead, mixers at long T"
-BUDGET_S = {"full": 60, "quick": 30, "dry-run": 300}
+BUDGET_S = {"full": 60, "quick": 20, "dry-run": 300}
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from gpucheck.rows import Context, Outcome, RowSpec
 from gpucheck.runs import ROOT, Shape, losses, run_name
 
 NAME, TITLE = "torchrun", "torchrun --nproc_per_node=1: DDP / FSDP2, DCP checkpoint, resume"
-BUDGET_S = {"full": 90, "quick": 90, "dry-run": 300}
+BUDGET_S = {"full": 80, "quick": 60, "dry-run": 300}
 MODES = ("ddp", "fsdp")
 TOL = 1e-3  # nats: one process, so only kernel nondeterminism separates a wrapped run from the plain one
 WORKER = Path(__file__).with_name("dist_worker.py")

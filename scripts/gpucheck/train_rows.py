@@ -23,7 +23,7 @@ from gpucheck.rows import ConfigRow, Context, Outcome, RowSpec, selected
 from gpucheck.runs import Shape, losses, rel, train_run, trained_model
 
 NAME, TITLE = "train", "bf16 training + decode == forward, every mixer x Canon x residual"
-BUDGET_S = {"full": 130, "quick": 50, "dry-run": 300}
+BUDGET_S = {"full": 120, "quick": 40, "dry-run": 300}
 
 
 @dataclass(frozen=True)
