@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "benchmarks")]
 import gpu_check  # noqa: E402
 from gpucheck import compile_rows, fla_rows, torchrun_rows, train_rows  # noqa: E402
-from gpucheck.rows import Context, selected  # noqa: E402
+from gpucheck.rows import Context, Outcome, RowSpec, Skip, run_section, selected  # noqa: E402
 from gpucheck.runs import DATA  # noqa: E402
 from mixer_throughput import build  # noqa: E402
 
@@ -107,3 +108,39 @@ def test_without_cuda_one_clear_line_and_exit_code_2(tmp_path, monkeypatch, caps
 def test_an_unknown_section_is_one_clear_line(tmp_path, capsys):
     assert gpu_check.main(["--dry-run", "--only", "train,warp", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"error: --only: unknown section(s) warp; known: {', '.join(SECTIONS)}\n"
+
+
+def test_a_failing_row_is_recorded_and_the_next_one_runs_until_the_time_box_is_spent():
+    def boom() -> Outcome:
+        raise ValueError("bad input\nsecond line")
+
+    def no_fla() -> Outcome:
+        raise Skip("fla is not importable")
+
+    def slow() -> Outcome:
+        time.sleep(0.05)
+        return Outcome(True, {"x": 1.0})
+
+    specs = [RowSpec("boom", boom), RowSpec("ok", lambda: Outcome(True, {"x": 2.0})),
+             RowSpec("nan", lambda: Outcome(True, {"x": float("nan")})), RowSpec("skip", no_fla)]
+    rows = run_section("s", specs, 100.0, lambda row: None)
+    assert [r.status for r in rows] == ["fail", "pass", "fail", "skip"]
+    assert rows[0].message == "ValueError: bad input" and rows[1].numbers == {"x": 2.0}
+    assert rows[2].message == "not finite: x" and rows[3].message == "fla is not importable"
+    late = run_section("s", [RowSpec("slow", slow), RowSpec("late", slow)], 0.01, lambda row: None)
+    assert [r.status for r in late] == ["pass", "skip"] and late[1].message.startswith("time box of 0 s spent")
+
+
+def test_a_failed_torchrun_launch_reports_the_workers_exception_not_the_agents():
+    stderr = "\n".join([
+        "[rank0]: Traceback (most recent call last):",
+        '[rank0]:     raise ConfigError(f"invalid config: {_describe(err)}") from None',
+        "[rank0]: archlab.config.ConfigError: invalid config: model: mixer.n_heads=2 does not divide model.d_model=33",
+        "    raise ChildFailedError(",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+        "============================================================",
+        "  exitcode  : 1 (pid: 18406) ",
+    ])
+    assert torchrun_rows.root_cause(stderr) == (
+        "archlab.config.ConfigError: invalid config: model: mixer.n_heads=2 does not divide model.d_model=33")
+    assert torchrun_rows.root_cause("Killed\n") == "Killed"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -44,6 +45,17 @@ def overrides(s: Sizes, parallel: str) -> list[str]:
     return [*s.shape.overrides(), f"train.steps={s.steps}", f"train.parallel={parallel}", "optim.lr=3e-3"]
 
 
+EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]: )?([\w.]*(?:Error|Exception)\b.*: \S.*)$")
+
+
+def root_cause(stderr: str) -> str:
+    """The worker's exception line (``[rank0]: archlab.config.ConfigError: ...``) from torchrun's stderr, not
+    the agent's ChildFailedError report; else the last line."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    causes = [m.group(1) for ln in lines if (m := EXCEPTION_LINE.match(ln)) and "ChildFailedError" not in ln]
+    return causes[-1] if causes else (lines[-1] if lines else "no output")
+
+
 def launch(ctx: Context) -> float:
     """Train the plain reference and, per mode, a run stopped at ``stop_after`` then resumed; seconds taken."""
     s = SIZES[ctx.mode]
@@ -58,8 +70,7 @@ def launch(ctx: Context) -> float:
     proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True,
                           timeout=BUDGET_S[ctx.mode] * 2)
     if proc.returncode != 0:
-        tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-3:]
-        raise RuntimeError(f"torchrun exited {proc.returncode}: {' | '.join(tail)}")
+        raise RuntimeError(f"torchrun exited {proc.returncode}: {root_cause(proc.stderr)}")
     return time.perf_counter() - t0
 
 
