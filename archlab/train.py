@@ -32,6 +32,7 @@ from archlab.checkpoint import (
 from archlab.config import RunConfig, flatten
 from archlab.distributed import (
     Dist,
+    backend,
     barrier,
     close_distributed,
     global_mean,
@@ -151,7 +152,7 @@ def train(
     ``stop_after`` ends the process's work after that many total steps (checkpointing there), as if killed.
     Under torchrun, every process calls this; see archlab/distributed.py.
     """
-    d, device = init_distributed(resolve_device(cfg.train.device))
+    d, device = init_distributed(resolve_device(cfg.train.device), cfg.train.parallel)
     try:
         return _train(cfg, run_dir, resume, progress if d.is_main else None, stop_after, d, device)
     finally:
@@ -217,7 +218,8 @@ def _train(cfg: RunConfig, run_dir: str | Path | None, resume: str, progress: Pr
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_json_atomic(run_dir / "run.json", run_info(device, {"n_params": model.num_params(), "resumed_from_step": start_step,
-                                                                  "optimizer_groups": opt.summary, "world_size": d.world}))
+                                                                  "optimizer_groups": opt.summary, "world_size": d.world,
+                                                                  "process_group": backend(d)}))
 
     # ---- loop
     rows = rank_rows(tc.batch_size, d)  # this rank's rows of the global batch
