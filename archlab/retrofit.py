@@ -18,7 +18,7 @@ import yaml
 from safetensors.torch import save_file
 
 from archlab.checkpoint import MODEL_FILE
-from archlab.config import ModelConfig
+from archlab.model.config import ModelConfig
 from archlab.model.recurrence import RecurrentLM
 
 PARTS = ("prelude", "core", "coda")

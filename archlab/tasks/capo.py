@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from archlab.tasks import register_task
+from archlab.tasks.base import register_task
 from archlab.tasks.common import (
     Instances,
     SyntheticConfig,

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from archlab.tasks.base import SPLITS, Batch, Task, TaskConfig, rng_for
+from archlab.data.streams import SPLITS, rng_for
+from archlab.tasks.base import Batch, Task, TaskConfig
 
 PAD = 0
 Packing = Literal["truncate", "pad"]

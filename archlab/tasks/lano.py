@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from archlab.tasks import register_task
+from archlab.tasks.base import register_task
 from archlab.tasks.common import PAD, Instances, SyntheticConfig, SyntheticTask, apply_preset, inference
 
 BOS = 1

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from archlab.tasks import register_task
+from archlab.tasks.base import register_task
 from archlab.tasks.common import (
     PAD,
     Instances,
