@@ -19,7 +19,7 @@ from typing import Any, Callable
 import yaml
 
 from archlab.config import ConfigError, apply_overrides, build_config
-from archlab.presets import BUDGETS, CONFIGS, HEADLINE, TASKS, Arch, TaskBudget
+from archlab.presets import BUDGETS, CONFIGS, HEADLINE, TASKS, Arch, TaskBudget, preset_archs
 from archlab.report import mean_std, metric_of
 from archlab.sweep import DB_FILE, RunSpec, finished_runs, load_results, open_db, run_sweep
 
@@ -53,6 +53,21 @@ def load_arch(path: Path) -> Arch:
     if extra:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(extra)}; an architecture file has only 'name' and 'model'")
     return Arch(str(tree.get("name", path.stem)), tree["model"])
+
+
+def split_items(items: list[str]) -> list[str]:
+    """Repeatable and comma-separated options as one list: ['a,b', 'c'] -> ['a', 'b', 'c']."""
+    return [x for item in items for x in item.split(",") if x]
+
+
+def select_archs(files: list[Path], preset: str | None, names: list[str]) -> list[Arch]:
+    """The architectures of ``files`` and of ``preset`` (all of them, or those in ``names``, comma-separated)."""
+    if names and not preset:
+        raise ConfigError("--arch picks from a preset; give --preset too (e.g. --preset paper-4.1)")
+    archs = [load_arch(p) for p in files] + (preset_archs(preset, split_items(names)) if preset else [])
+    if not archs:
+        raise ConfigError("no architectures: give ARCH.yaml files and/or --preset paper-4.1")
+    return archs
 
 
 def merge_model(base: dict[str, Any], arch: dict[str, Any]) -> dict[str, Any]:
