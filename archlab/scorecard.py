@@ -16,12 +16,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 import yaml
 
 from archlab.config import ConfigError, apply_overrides, build_config
+from archlab.plots import plt
 from archlab.presets import BUDGETS, CONFIGS, HEADLINE, TASKS, Arch, TaskBudget, preset_archs
 from archlab.report import mean_std, metric_of
 from archlab.sweep import DB_FILE, RunSpec, finished_runs, load_results, open_db, run_sweep
+from archlab.tasks import build_task
+from archlab.train import build_model
 
 CELL_YAML, CELL_JSON, MATRIX_MD = "cell.yaml", "cell.json", "scorecard.md"
 LR_KEY = "optim.lr"
@@ -111,11 +115,6 @@ def cell_columns(task: str, data: dict[str, Any]) -> tuple[str, list[str]]:
 
 def flops_per_token(tree: dict[str, Any]) -> float:
     """Training FLOPs per token of the cell's model (built on the meta device: no memory, no init)."""
-    import torch
-
-    from archlab.tasks import build_task
-    from archlab.train import build_model
-
     cfg = build_config(tree)
     with torch.device("meta"):
         model, cfg = build_model(cfg, build_task(cfg.data, cfg.train.seq_len))
@@ -264,8 +263,6 @@ def _headline_mean(r: CellResult | None) -> float:
 
 def plot_heatmap(results: list[CellResult], path: Path) -> None:
     """Architectures x headline metrics; colour = value scaled to [0, 1] within each column, text = mean."""
-    from archlab.plots import plt
-
     archs = list(dict.fromkeys(r.cell.arch for r in results))
     tasks = [t for t in TASKS if any(r.cell.task == t for r in results)]
     at = {(r.cell.arch, r.cell.task): r for r in results}
@@ -294,8 +291,6 @@ def plot_heatmap(results: list[CellResult], path: Path) -> None:
 def plot_task(results: list[CellResult], task: str, path: Path) -> None:
     """Headline metric against LR per architecture (the whole grid, mean ± std over seeds), and for tasks with
     several matrix columns (Depo k, Mano ℓ) those columns at the best LR."""
-    from archlab.plots import plt
-
     cells = [r for r in results if r.cell.task == task]
     many = len(cells[0].cell.columns) > 1
     fig, axes = plt.subplots(1, 2 if many else 1, figsize=(11 if many else 6, 4), dpi=120, squeeze=False)
