@@ -56,8 +56,9 @@ class TrainConfig(Section):
     parallel: Literal["none", "ddp", "fsdp"] = Field(
         "none", description="under torchrun: DDP or FSDP2 (fully_shard per block); ddp/fsdp also write DCP checkpoints"
     )
-    compile: bool = Field(False, description="torch.compile each block for training steps (static shapes; needs a C++ compiler "
-                          "on CPU); the first step pays the compile time")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile each block for training steps (static shapes; needs a C++ compiler on CPU); the "
+        "first step pays the compile time. auto: on when a compiler is present and the run is long enough to repay it")
     nonfinite: Literal["stop", "skip"] = Field("stop", description="a step with NaN/Inf loss or gradients: stop, or skip its update")
     max_skipped_steps: int = Field(10, ge=0, description="nonfinite=skip: stop once this many steps of the run were skipped")
     loggers: list[Literal["tensorboard", "wandb"]] = Field(

@@ -45,7 +45,7 @@ from archlab.distributed import (
 )
 from archlab.divergence import DivergenceGuard, TrainingDiverged
 from archlab.evaluate import autocast_context, masked_loss_eval
-from archlab.model.compile import compile_blocks
+from archlab.model.compile import auto_compile, compile_blocks
 from archlab.model.lm import LM
 from archlab.model.recurrence import build_lm
 from archlab.norm_stats import NormStats
@@ -175,7 +175,9 @@ def _train(cfg: RunConfig, run_dir: str | Path | None, resume: str, progress: Pr
     task = build_task(cfg.data, tc.seq_len)
     model, cfg = build_model(cfg, task)
     model.to(device)
-    if tc.compile:
+    compiled, why = (auto_compile(model, device, tc.steps, tc.batch_size * tc.seq_len, tc.seq_len) if tc.compile == "auto"
+                     else (tc.compile, f"train.compile={str(tc.compile).lower()}"))
+    if compiled:
         compile_blocks(model, tc.seq_len)
     loss_fn = wrap_model(model, tc.parallel, d, device)  # model.loss, wrapped by DDP / FSDP2 under torchrun
     opt = build_optimizers(model, cfg.optim)
@@ -219,7 +221,8 @@ def _train(cfg: RunConfig, run_dir: str | Path | None, resume: str, progress: Pr
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_json_atomic(run_dir / "run.json", run_info(device, {"n_params": model.num_params(), "resumed_from_step": start_step,
                                                                   "optimizer_groups": opt.summary, "world_size": d.world,
-                                                                  "process_group": backend(d)}))
+                                                                  "process_group": backend(d),
+                                                                  "compile": {"setting": tc.compile, "enabled": compiled, "reason": why}}))
 
     # ---- loop
     rows = rank_rows(tc.batch_size, d)  # this rank's rows of the global batch

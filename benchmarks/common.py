@@ -74,6 +74,31 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+
+
+def cpu_features() -> dict:
+    """The CPU features that decide CPU training speed: AVX-512, native bf16 (AVX512-BF16, AMX), and what torch
+    makes of them (its dispatch capability; whether oneDNN has fast bf16 kernels)."""
+    import torch
+
+    flags: set[str] = set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {"flags": [f for f in SIMD_FLAGS if f in flags], "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+
+
+def cpu_kind() -> str:
+    """'native-bf16' (AVX512-BF16 or AMX) or 'no-bf16': the two CPU kinds the README reports separately."""
+    return "native-bf16" if {"avx512_bf16", "amx_bf16"} & set(cpu_features()["flags"]) else "no-bf16"
+
+
 def meta() -> dict:
     """Where and when a result was measured (the load average says how busy the shared machine was)."""
     import torch  # here, not at the top: compare.py reads result files without torch
@@ -85,6 +110,8 @@ def meta() -> dict:
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "machine": platform.machine(),
         "cpu": cpu_name(),
+        "cpu_features": cpu_features(),
+        "cpu_kind": cpu_kind(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -103,8 +103,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="also time archlab and archlab+Canon with compiled blocks")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers' Llama")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is steadier on a shared machine)")
     ap.add_argument("--json", help="write the result file here")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = meta()
     print(f"# train throughput: {info['cpu']}, torch {info['torch']}, {info['threads']} threads, load {info['load_avg']}")
     head = ["size", "precision", "archlab tok/s", "HF Llama tok/s", "ratio", "archlab GFLOP/s", "GEMM peak GFLOP/s",

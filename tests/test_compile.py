@@ -62,3 +62,20 @@ def test_no_cpp_compiler_is_one_clear_error_before_the_run_dir_exists(tmp_path, 
     with pytest.raises(ValueError, match=r"train.compile=true on CPU needs a C\+\+ compiler"):
         train(load_config(None, TINY + [f"out_dir={tmp_path}", "name=nocxx", "train.compile=true"]))
     assert not (tmp_path / "nocxx").exists()
+
+
+def test_compile_auto_is_off_for_short_runs_and_on_for_long_ones(tmp_path, monkeypatch):
+    """train.compile=auto (the default) decides from the config and the machine and says why in run.json."""
+    import json
+
+    from archlab.model.compile import auto_compile
+
+    result = train(load_config(None, TINY + [f"out_dir={tmp_path}", "name=auto"]))
+    decision = json.loads((result.run_dir / "run.json").read_text())["compile"]
+    assert decision["setting"] == "auto" and decision["enabled"] is False and "too short" in decision["reason"]
+    model = LM(load_config(None, TINY).model.model_copy(update={"vocab_size": 64}))
+    cpu = torch.device("cpu")
+    on, why = auto_compile(model, cpu, steps=10**7, tokens_per_step=4096, seq_len=32)
+    assert on == has_cpp_compiler() and ("long run" in why if on else "compiler" in why)
+    monkeypatch.setattr("archlab.model.compile.shutil.which", lambda name: None)
+    assert auto_compile(model, cpu, steps=10**7, tokens_per_step=4096, seq_len=32) == (False, "no C++ compiler for inductor's CPU backend")

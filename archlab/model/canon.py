@@ -12,6 +12,12 @@ forward.
 Document masking (:mod:`archlab.model.documents`): a tap that would reach into the previous document reads
 zero instead, exactly as if each document were convolved alone with its own zero padding (a sparse correction
 of the unmasked conv at the positions next to document starts; dense masks under torch.compile).
+
+Three forms of the same convolution: fp32 shifted multiply-adds with a hand-written backward
+(:class:`CausalDepthwiseConv`, the default, also for bf16 training on CPUs without bf16 kernels); under bf16
+autocast on a CPU with bf16 kernels, oneDNN's depthwise conv on bf16 data (fp32 accumulation inside, 2x faster
+than the fp32 round trip: ``benchmarks/canon_throughput.py``); under torch.compile, the plain sum that inductor
+fuses into one loop.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlab.model.config import ModelConfig
+from archlab.model.cpu_bf16 import native_bf16
 from archlab.model.documents import Documents
 
 Cache = dict[str, torch.Tensor]
@@ -47,6 +54,9 @@ class Canon(nn.Module):
         k, T = self.kernel, x.shape[1]
         if docs is not None and cache is not None:
             raise ValueError("document masking applies to training / evaluation forwards, not to decoding with a cache")
+        native = native_bf16(x)
+        if native:  # the whole layer in bf16: oneDNN's bf16 conv below
+            x = x.to(torch.bfloat16)
         if cache is None:
             padded = F.pad(x, (0, 0, k - 1, 0))  # [B, K-1+T, C], zeros before the start
         else:
@@ -56,16 +66,20 @@ class Canon(nn.Module):
             full = torch.cat([history.to(x.dtype), x], dim=1)  # [B, K+T, C]
             cache[key] = full[:, -k:].detach()
             padded = full[:, 1:]  # K-1 history rows + T new
+        fixups = docs.conv_fixups(k) if docs is not None and not docs.single else None
+        if native and not torch.compiler.is_compiling():
+            y = onednn_bf16_conv(padded, self.weight, fixups)
+            y = F.silu(y) if self.activation else y
+            return x + y if self.residual else y
         taps = self.weight[:, 0].t()  # [K, C]; tap K-1 multiplies the current token
         if self.residual and not self.activation:  # x + conv(x) = conv with 1 added to the current tap
             taps = torch.cat([taps[:-1], taps[-1:] + 1])
         acc = torch.promote_types(x.dtype, torch.float32)  # fp32 math under bf16 training (fp64 stays)
         p, taps = padded.to(acc), taps.to(acc)
-        masked = docs is not None and not docs.single
         if torch.compiler.is_compiling():  # dense masks [K-1, B, T, 1]: inductor fuses them into the conv's loop
-            y = causal_depthwise_conv(p, taps, docs.conv_masks(k, acc) if masked else None)
+            y = causal_depthwise_conv(p, taps, None if fixups is None else docs.conv_masks(k, acc))
         else:  # the unmasked conv, corrected at the few positions near document starts
-            y = CausalDepthwiseConv.apply(p, taps, *(docs.conv_fixups(k) if masked else (None, None, None)))
+            y = CausalDepthwiseConv.apply(p, taps, *(fixups or (None, None, None)))
         y = y.to(x.dtype)
         if self.activation:
             y = F.silu(y)
@@ -73,6 +87,25 @@ class Canon(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, kernel={self.kernel}, residual={self.residual}, activation={self.activation}"
+
+
+def reaching_products(p: torch.Tensor, taps: torch.Tensor, src: torch.Tensor, invalid: torch.Tensor) -> torch.Tensor:
+    """[n, C]: at each fix-up position (:meth:`~archlab.model.documents.Documents.conv_fixups`), the sum of the
+    products of the taps (taps [K, C]; the current one never reaches back) that cross a document start."""
+    reach = p.reshape(-1, p.shape[-1])[src] * invalid[..., None].to(p.dtype)  # [n, K-1, C]
+    return (reach * taps[:-1]).sum(1)
+
+
+def onednn_bf16_conv(p: torch.Tensor, weight: torch.Tensor, fixups: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+    """The causal depthwise conv by ``F.conv1d`` on bf16 data: p [B, K-1+T, C] (left-padded, bf16), weight
+    [C, 1, K] -> [B, T, C] bf16. The [B, C, T] view of channel-last data needs no copy; with document fix-ups
+    the crossing products are subtracted through autograd."""
+    y = F.conv1d(p.transpose(1, 2), weight.to(torch.bfloat16), groups=p.shape[-1]).transpose(1, 2)
+    if fixups is None:
+        return y
+    rows, src, invalid = fixups
+    taps = weight[:, 0].t().to(torch.bfloat16)
+    return y.reshape(-1, y.shape[-1]).index_add(0, rows, reaching_products(p, taps, src, invalid), alpha=-1).view_as(y)
 
 
 def causal_depthwise_conv(p: torch.Tensor, taps: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
@@ -105,9 +138,7 @@ class CausalDepthwiseConv(torch.autograd.Function):
         for k in range(K - 1):
             y.addcmul_(p[:, k : k + T], taps[k])
         if rows is not None:
-            C = p.shape[-1]
-            reach = p.reshape(-1, C)[src] * invalid[..., None].to(p.dtype)  # [n, K-1, C]: the products to remove
-            y.view(-1, C).index_add_(0, rows, (reach * taps[:-1]).sum(1), alpha=-1)
+            y.view(-1, p.shape[-1]).index_add_(0, rows, reaching_products(p, taps, src, invalid), alpha=-1)
         return y
 
     @staticmethod
