@@ -1,5 +1,8 @@
-"""Run configuration: nested pydantic models, YAML recipes, dotted command-line overrides.
+"""Run configuration: the top of the config layers, YAML recipes, dotted command-line overrides.
 
+``RunConfig`` composes the components' own config classes (``ModelConfig`` from :mod:`archlab.model.config`,
+the task configs registered in :mod:`archlab.tasks`, ``OptimConfig`` from :mod:`archlab.optim`) with the run's
+own sections (``train``, ``train.wandb``); ``from archlab.config import ModelConfig, OptimConfig`` also works.
 Precedence: defaults in code < YAML recipe < ``a.b.c=value`` overrides. Unknown keys, wrong types and
 impossible combinations raise :class:`ConfigError` naming the key, before any work starts.
 """
@@ -11,149 +14,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from archlab.model.mixers import MIXERS, MixerConfig
-from archlab.model.residual import ALPHA_STYLES, RESIDUALS
+from archlab.model.config import ModelConfig, RecurrenceConfig
+from archlab.optim import OptimConfig
+from archlab.schema import Section
 from archlab.tasks import TASKS, TaskConfig
+
+__all__ = ["ConfigError", "ModelConfig", "OptimConfig", "RecurrenceConfig", "RunConfig", "TrainConfig", "WandbConfig",
+           "apply_overrides", "build_config", "flatten", "load_config", "parse_value"]
 
 
 class ConfigError(ValueError):
     """A bad configuration; the message names the offending key."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # no inf/nan sizes or rates
-
-
-CANON_LETTERS = "ABCDb"
-
-
-STATE_STD_HUGINN = 0.008703882797784892  # sqrt(2 / (5 * 5280)): Huginn's value, kept by the retrofit code (spec §1.3)
-
-
-class RecurrenceConfig(Section):
-    """Depth recurrence (model/recurrence.py): prelude once -> core r times -> coda. Spec: shared/specs/recurrence.md."""
-
-    prelude: int = Field(2, ge=0, description="blocks run once before the loop")
-    core: int = Field(2, gt=0, description="blocks of the recurrent core, applied r times")
-    coda: int = Field(2, ge=0, description="blocks run once after the loop")
-    mean_recurrence: int = Field(4, gt=0, description="training mean M of r (r = Poisson(lambda) + 1); also the eval r")
-    backprop_depth: int = Field(8, gt=0, description="gradient flows through at most the last k iterations")
-    lognormal_sigma: float = Field(0.5, ge=0, description="sigma of lambda ~ LogNormal(ln M - sigma^2 / 2, sigma)")
-    curriculum: Literal["none", "linear", "1-sqrt"] = Field("none", description="ramp of the mean recurrence")
-    curriculum_fraction: float = Field(0.75, gt=0, le=1, description="fraction of train.steps the ramp lasts")
-    state_init_std: float = Field(STATE_STD_HUGINN, ge=0, description="std of the truncated-normal initial state")
-    adapter_init: Literal["default", "identity"] = Field(
-        "default", description="default: nn.Linear's init (as the paper); identity: [0 | I], adapter(s, e) = e"
-    )
-
-    @property
-    def n_layers(self) -> int:
-        return self.prelude + self.core + self.coda
-
-
-class ModelConfig(Section):
-    """The decoder: embedding -> n_layers blocks -> final norm -> head."""
-
-    vocab_size: int | None = Field(None, gt=0, description="None: taken from the task")
-    d_model: int = Field(256, gt=0)
-    n_layers: int = Field(4, gt=0)
-    mixer: MixerConfig = Field(default_factory=lambda: MIXERS.validate({"name": "attention"}))
-    mlp: Literal["swiglu", "gelu", "none"] = "swiglu"
-    ffn_dim: int | None = Field(None, gt=0, description="None: 8d/3 (swiglu) or 4d (gelu), rounded up to multiple_of")
-    multiple_of: int = Field(64, gt=0)
-    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
-    norm_eps: float = Field(1e-5, gt=0)
-    residual: str = Field("pre", description="residual style: " + " | ".join(RESIDUALS))
-    residual_alpha: float | None = Field(
-        None, gt=0, description="skip-path scale of keel / deepnorm; None: keel L (sub-layers), deepnorm (2*n_layers)^(1/4)"
-    )
-    embed_norm: bool = Field(False, description="normalise the embedding output before the first block (Peri-LN)")
-    canon: str = Field("", description="Canon placements: any subset of A, B, C, D ('' = off)")
-    canon_kernel: int = Field(4, ge=2)
-    canon_residual: bool = True
-    canon_activation: bool = False
-    tie_embeddings: bool = False
-    init_std: float = Field(0.02, gt=0)
-    max_seq_len: int = Field(4096, gt=0)
-    multipliers: Literal["none", "scalar", "vector", "both"] = Field(
-        "none",
-        description="learnable multipliers on matrix layers (archlab/model/multipliers.py): scalar s*W, "
-        "vector diag(r) W diag(c) (rows everywhere, columns only where not redundant), both s*diag(r) W diag(c)",
-    )
-    multiplier_targets: list[Literal["mixer", "mlp", "head", "embedding"]] = Field(
-        default_factory=lambda: ["mixer", "mlp"],
-        description="layers that get multipliers: every nn.Linear in a mixer / MLP, the untied head, the embedding",
-    )
-    multiplier_lr_mult: float = Field(1.0, gt=0, description="multiplier LR = optim.lr * this (AdamW, also under Muon)")
-    multiplier_weight_decay: float = Field(2e-3, ge=0, description="the multipliers' own small decoupled weight decay")
-    recurrence: RecurrenceConfig | None = Field(None, description="depth recurrence; None = a plain stack of n_layers blocks")
-    init_from: str | None = Field(None, description="directory with model.safetensors (retrofit output or step_N) to start from")
-
-    @field_validator("mixer", mode="before")
-    @classmethod
-    def _mixer(cls, v: Any) -> MixerConfig:
-        return MIXERS.validate(v)
-
-    @field_validator("residual")
-    @classmethod
-    def _residual(cls, v: str) -> str:
-        if v not in RESIDUALS:
-            raise ValueError(f"unknown residual style {v!r}; known: {', '.join(RESIDUALS)}")
-        return v
-
-    @field_validator("canon")
-    @classmethod
-    def _canon(cls, v: str) -> str:
-        bad = sorted(set(v) - set(CANON_LETTERS))
-        if bad:
-            raise ValueError(f"invalid Canon letter(s) {bad}; use a subset of {CANON_LETTERS!r}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"repeated Canon letter in {v!r}")
-        return "".join(sorted(v, key=CANON_LETTERS.index))
-
-    @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
-        self.mixer.check(self.d_model)
-        if self.residual_alpha is not None and self.residual not in ALPHA_STYLES:
-            raise ValueError(f"residual_alpha is set but residual={self.residual!r} has no alpha (only {', '.join(ALPHA_STYLES)})")
-        rec = self.recurrence
-        if rec is not None and rec.n_layers != self.n_layers:
-            raise ValueError(f"model.recurrence: prelude + core + coda = {rec.n_layers} must equal model.n_layers={self.n_layers}")
-        return self
-
-    @property
-    def resolved_ffn_dim(self) -> int:
-        if self.ffn_dim is not None:
-            return self.ffn_dim
-        raw = 8 * self.d_model // 3 if self.mlp == "swiglu" else 4 * self.d_model
-        return -(-raw // self.multiple_of) * self.multiple_of
-
-
-class OptimConfig(Section):
-    """AdamW for everything, or Muon for 2-D hidden matrices plus AdamW for the rest."""
-
-    name: Literal["adamw", "muon"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    muon_lr: float | None = Field(None, gt=0, description="None: same as lr (sensible with match_rms_adamw)")
-    muon_momentum: float = Field(0.95, ge=0, lt=1)
-    muon_adjust_lr: Literal["original", "match_rms_adamw"] = "match_rms_adamw"
-    weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(1e-8, gt=0)
-    grad_clip: float = Field(1.0, ge=0, description="global grad-norm clip; 0 = off")
-    schedule: Literal["cosine", "wsd", "constant", "linear"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final LR as a fraction of peak")
-    decay_fraction: float = Field(0.2, gt=0, le=1, description="WSD: fraction of steps spent decaying")
-
-    @field_validator("betas")
-    @classmethod
-    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not all(0 <= b < 1 for b in v):
-            raise ValueError(f"betas must lie in [0, 1), got {v}")
-        return v
 
 
 class WandbConfig(Section):

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from archlab.config import load_config
 from archlab.plots import plot_curves
+from archlab.run_dir import load_run
 from archlab.train import read_metrics, train
 
 ARMS = {"llama (RoPE)": [], "llama + Canon-ABCD": ["model.canon=ABCD"]}
@@ -46,15 +47,7 @@ def run_demo(out_dir: Path, steps: int, progress_cls, out: Console) -> dict[str,
 
 
 def _sample(run_dir: Path) -> str:
-    from archlab.checkpoint import latest_intact, load_model_weights
-    from archlab.model.lm import LM
-    from archlab.tasks import build_task
-
-    cfg = load_config(run_dir / "config.yaml")
-    model = LM(cfg.model)
-    ckpt, _ = latest_intact(run_dir)
-    load_model_weights(model, ckpt.path)
-    task = build_task(cfg.data, cfg.train.seq_len)
+    _, model, task = load_run(run_dir)
     ids = torch.tensor([task.encode("def ")])
-    gen = model.eval().generate(ids, 120, temperature=0.7, generator=torch.Generator().manual_seed(0))
+    gen = model.generate(ids, 120, temperature=0.7, generator=torch.Generator().manual_seed(0))
     return "  sample: " + repr(task.decode(gen[0].tolist()))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from archlab.model.lm import LM
-    from archlab.model.recurrence import RecurrentLM
-    from archlab.tasks.base import Task
+from archlab.model.lm import LM
+from archlab.model.recurrence import RecurrentLM
+from archlab.tasks.base import Task
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -27,7 +26,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def masked_loss_eval(
-    model: "LM", task: "Task", split: str, seed: int, n_batches: int, batch_size: int, precision: str = "fp32"
+    model: LM, task: Task, split: str, seed: int, n_batches: int, batch_size: int, precision: str = "fp32"
 ) -> dict[str, Any]:
     """Mean masked next-token loss over ``n_batches`` fixed batches of ``split`` (steps 0..n-1)."""
     was_training = model.training
@@ -45,18 +44,15 @@ def masked_loss_eval(
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": count}
 
 
-def model_metrics(model: "LM", task: "Task", seed: int, n_batches: int, batch_size: int) -> dict[str, Any]:
+def model_metrics(model: LM, task: Task, seed: int, n_batches: int, batch_size: int) -> dict[str, Any]:
     """Held-out loss on 'val' plus the task's own metrics, if it defines them (what ``archlab eval`` prints)."""
-    from archlab.tasks.base import Task
-
     metrics = masked_loss_eval(model, task, "val", seed, n_batches, batch_size)
-    if type(task).evaluate is not Task.evaluate:
-        metrics.update(task.evaluate(model, seed, n_batches, batch_size))
+    metrics.update(task.evaluate(model, seed, n_batches, batch_size))
     return metrics
 
 
 def recurrence_sweep(
-    model: "RecurrentLM", task: "Task", seed: int, rs: list[int], n_batches: int, batch_size: int, seq_len: int
+    model: RecurrentLM, task: Task, seed: int, rs: list[int], n_batches: int, batch_size: int, seq_len: int
 ) -> list[dict[str, Any]]:
     """model_metrics at each test-time recurrence r, with forward FLOPs/token (prelude + r * core + coda + head).
 

@@ -16,22 +16,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
-from archlab.config import ModelConfig
 from archlab.hf_llama import llama_config_from, load as load_llama, to_llama
+from archlab.model.config import ModelConfig
 from archlab.model.lm import LM, Cache
 from archlab.model.mixers.attention import RotaryTable
 from archlab.model.multipliers import merge_multipliers
 from archlab.model.recurrence import build_lm
+from archlab.tokenizers import Tokenizer
 
-if TYPE_CHECKING:
-    from archlab.tokenizers import Tokenizer
 
 MODEL_TYPE = "archlab"
 

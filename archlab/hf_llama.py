@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from archlab.config import ModelConfig
+from archlab.model.config import ModelConfig
 from archlab.model.lm import LM
 
 if TYPE_CHECKING:

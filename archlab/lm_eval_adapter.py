@@ -10,7 +10,7 @@ end-of-document token (the separator archlab's text pipeline puts between traini
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from lm_eval.api.model import TemplateLM
@@ -18,9 +18,8 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from archlab.evaluate import model_device
 from archlab.model.lm import LM
+from archlab.tokenizers import Tokenizer
 
-if TYPE_CHECKING:
-    from archlab.tokenizers import Tokenizer
 
 # ((context, continuation) or None, context ids, continuation ids), as lm-eval's TemplateLM passes them
 TokenRequest = tuple[Any, list[int], list[int]]

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from archlab.model.block import Block
+
 
 class NormStats:
     def __init__(self, model: nn.Module):
-        from archlab.model.block import Block
-
         self.blocks = [m for m in model.modules() if isinstance(m, Block)]
         self.act_rms: list[float | None] = [None] * len(self.blocks)
         self._act: list[torch.Tensor | None] = [None] * len(self.blocks)

@@ -15,12 +15,38 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, field_validator
 from torch import nn
 
-from archlab.config import OptimConfig
+from archlab.schema import Section
+
+
+class OptimConfig(Section):
+    """AdamW for everything, or Muon for 2-D hidden matrices plus AdamW for the rest."""
+
+    name: Literal["adamw", "muon"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    muon_lr: float | None = Field(None, gt=0, description="None: same as lr (sensible with match_rms_adamw)")
+    muon_momentum: float = Field(0.95, ge=0, lt=1)
+    muon_adjust_lr: Literal["original", "match_rms_adamw"] = "match_rms_adamw"
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0, description="global grad-norm clip; 0 = off")
+    schedule: Literal["cosine", "wsd", "constant", "linear"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final LR as a fraction of peak")
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="WSD: fraction of steps spent decaying")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must lie in [0, 1), got {v}")
+        return v
 
 
 def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:

@@ -17,8 +17,9 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from archlab import hf_llama
 from archlab.checkpoint import MODEL_FILE
-from archlab.config import ModelConfig
+from archlab.model.config import ModelConfig
 from archlab.model.recurrence import RecurrentLM
 
 PARTS = ("prelude", "core", "coda")
@@ -87,8 +88,6 @@ def retrofit(
     sizes: (P, R, C) for the default rule; explicit: source layers for some or all of 'prelude', 'core', 'coda'.
     recurrence: further model.recurrence settings (mean_recurrence, backprop_depth, ...).
     """
-    from archlab import hf_llama
-
     hf_dir = Path(hf_dir)
     if not (hf_dir / "config.json").is_file():
         raise FileNotFoundError(f"{hf_dir}: no config.json; expected a directory written by save_pretrained")

@@ -16,12 +16,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 import yaml
 
 from archlab.config import ConfigError, apply_overrides, build_config
-from archlab.presets import BUDGETS, CONFIGS, HEADLINE, TASKS, Arch, TaskBudget
+from archlab.plots import plt
+from archlab.presets import BUDGETS, CONFIGS, HEADLINE, TASKS, Arch, TaskBudget, preset_archs
 from archlab.report import mean_std, metric_of
 from archlab.sweep import DB_FILE, RunSpec, finished_runs, load_results, open_db, run_sweep
+from archlab.tasks import build_task
+from archlab.train import build_model
 
 CELL_YAML, CELL_JSON, MATRIX_MD = "cell.yaml", "cell.json", "scorecard.md"
 LR_KEY = "optim.lr"
@@ -53,6 +57,21 @@ def load_arch(path: Path) -> Arch:
     if extra:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(extra)}; an architecture file has only 'name' and 'model'")
     return Arch(str(tree.get("name", path.stem)), tree["model"])
+
+
+def split_items(items: list[str]) -> list[str]:
+    """Repeatable and comma-separated options as one list: ['a,b', 'c'] -> ['a', 'b', 'c']."""
+    return [x for item in items for x in item.split(",") if x]
+
+
+def select_archs(files: list[Path], preset: str | None, names: list[str]) -> list[Arch]:
+    """The architectures of ``files`` and of ``preset`` (all of them, or those in ``names``, comma-separated)."""
+    if names and not preset:
+        raise ConfigError("--arch picks from a preset; give --preset too (e.g. --preset paper-4.1)")
+    archs = [load_arch(p) for p in files] + (preset_archs(preset, split_items(names)) if preset else [])
+    if not archs:
+        raise ConfigError("no architectures: give ARCH.yaml files and/or --preset paper-4.1")
+    return archs
 
 
 def merge_model(base: dict[str, Any], arch: dict[str, Any]) -> dict[str, Any]:
@@ -96,11 +115,6 @@ def cell_columns(task: str, data: dict[str, Any]) -> tuple[str, list[str]]:
 
 def flops_per_token(tree: dict[str, Any]) -> float:
     """Training FLOPs per token of the cell's model (built on the meta device: no memory, no init)."""
-    import torch
-
-    from archlab.tasks import build_task
-    from archlab.train import build_model
-
     cfg = build_config(tree)
     with torch.device("meta"):
         model, cfg = build_model(cfg, build_task(cfg.data, cfg.train.seq_len))
@@ -249,8 +263,6 @@ def _headline_mean(r: CellResult | None) -> float:
 
 def plot_heatmap(results: list[CellResult], path: Path) -> None:
     """Architectures x headline metrics; colour = value scaled to [0, 1] within each column, text = mean."""
-    from archlab.plots import plt
-
     archs = list(dict.fromkeys(r.cell.arch for r in results))
     tasks = [t for t in TASKS if any(r.cell.task == t for r in results)]
     at = {(r.cell.arch, r.cell.task): r for r in results}
@@ -279,8 +291,6 @@ def plot_heatmap(results: list[CellResult], path: Path) -> None:
 def plot_task(results: list[CellResult], task: str, path: Path) -> None:
     """Headline metric against LR per architecture (the whole grid, mean ± std over seeds), and for tasks with
     several matrix columns (Depo k, Mano ℓ) those columns at the best LR."""
-    from archlab.plots import plt
-
     cells = [r for r in results if r.cell.task == task]
     many = len(cells[0].cell.columns) > 1
     fig, axes = plt.subplots(1, 2 if many else 1, figsize=(11 if many else 6, 4), dpi=120, squeeze=False)

@@ -133,6 +133,19 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     return grid
 
 
+def build_plan(recipe: Path | None, overrides: list[str], grid: list[str], seeds: int | None) -> SweepPlan:
+    """The plan of a sweep file or a run recipe (or the defaults), plus fixed overrides, ``--grid`` items and seeds."""
+    if recipe is not None and not recipe.is_file():
+        raise ConfigError(f"config file {str(recipe)!r} does not exist")
+    plan = load_sweep_file(recipe) if recipe is not None and is_sweep_file(recipe) else SweepPlan(recipe)
+    extra = parse_grid(grid)
+    for key in extra.keys() & plan.grid.keys():
+        raise ConfigError(f"--grid key {key!r} is already in the sweep file's grid")
+    plan.overrides, plan.grid = [*plan.overrides, *overrides], {**plan.grid, **extra}
+    plan.seeds = seeds or plan.seeds
+    return plan
+
+
 def _slug(value: Any) -> str:
     text = "none" if value == "" or value is None else str(value)
     return "".join(c if c.isalnum() or c in ".-+" else "_" for c in text)

@@ -289,7 +289,7 @@ def _train(cfg: RunConfig, run_dir: str | Path | None, resume: str, progress: Pr
         eval_metrics: dict[str, Any] = {}
         if end_step == tc.steps:
             eval_metrics = masked_loss_eval(model, task, "val", cfg.seed, tc.eval_batches, eval_bs, tc.precision)
-            eval_metrics.update(task.evaluate(model, cfg.seed, tc.eval_batches, eval_bs) if type(task).evaluate is not Task.evaluate else {})
+            eval_metrics.update(task.evaluate(model, cfg.seed, tc.eval_batches, eval_bs))
             if d.is_main:
                 write_json_atomic(run_dir / "eval.json", eval_metrics)
             loggers.log_eval(end_step, eval_metrics)

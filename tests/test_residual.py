@@ -7,6 +7,7 @@ import torch
 
 from archlab.config import ConfigError, ModelConfig, load_config
 from archlab.model.block import Block
+from archlab.model.config import RESIDUAL_STYLES
 from archlab.model.lm import LM
 from archlab.model.residual import KEEL, RESIDUALS
 from archlab.norm_stats import NormStats
@@ -25,7 +26,7 @@ def rms(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 def test_registry_has_all_styles():
-    assert list(RESIDUALS) == STYLES
+    assert list(RESIDUALS) == list(RESIDUAL_STYLES) == STYLES  # every name a config accepts has its class
 
 
 @pytest.mark.parametrize("style", STYLES)

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from archlab.tasks.base import rng_for
+from archlab.data.streams import rng_for
 
 
 class PackedSampler:

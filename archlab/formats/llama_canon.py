@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from archlab.config import ModelConfig
 from archlab.formats.hf_dir import FormatError, invalid_config, load_checked, read_config, write
 from archlab.hf_llama import config_from_llama, state_dict_from_llama, state_dict_to_llama
+from archlab.model.config import ModelConfig
 from archlab.model.lm import LM
 
 ROPE_VERSIONS = ("huggingface", "lingua")

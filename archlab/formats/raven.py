@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from archlab.config import ModelConfig
 from archlab.formats.hf_dir import FormatError, invalid_config, load_checked, read_config, write
 from archlab.formats.llama_canon import llama_shape_problems
+from archlab.model.config import ModelConfig
 from archlab.model.recurrence import RecurrentLM
 
 GROUPS = (("prelude", "prelude"), ("core", "core_block"), ("coda", "coda"))  # (archlab, published)

@@ -24,16 +24,13 @@ from __future__ import annotations
 
 import math
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archlab.model.config import ModelConfig
 from archlab.model.cpu_bf16 import native_bf16
-
-if TYPE_CHECKING:
-    from archlab.model.documents import Documents
+from archlab.model.documents import Documents
 
 Cache = dict[str, torch.Tensor]
 
@@ -51,7 +48,7 @@ class Canon(nn.Module):
         bound = 1.0 / math.sqrt(self.kernel)  # kaiming_uniform(a=sqrt(5)) with fan_in = K
         nn.init.uniform_(self.weight, -bound, bound)
 
-    def forward(self, x: torch.Tensor, cache: Cache | None = None, key: str = "canon", docs: "Documents | None" = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, key: str = "canon", docs: Documents | None = None) -> torch.Tensor:
         """x: [B, T, C] -> [B, T, C]. With a cache, reads and updates ``cache[key]`` ([B, K, C], last K inputs);
         with ``docs``, no tap crosses a document boundary."""
         k, T = self.kernel, x.shape[1]
@@ -161,12 +158,12 @@ class CausalDepthwiseConv(torch.autograd.Function):
         return gp, gtaps, None, None, None
 
 
-def maybe_canon(letter: str, dim: int, cfg) -> Canon | None:
-    """A Canon module if ``letter`` is in ``cfg.canon`` (a ModelConfig), else None."""
+def maybe_canon(letter: str, dim: int, cfg: ModelConfig) -> Canon | None:
+    """A Canon module if ``letter`` is in ``cfg.canon``, else None."""
     if letter not in cfg.canon:
         return None
     return Canon(dim, cfg.canon_kernel, cfg.canon_residual, cfg.canon_activation)
 
 
-def apply_canon(canon: Canon | None, x: torch.Tensor, cache: Cache | None, key: str, docs: "Documents | None" = None) -> torch.Tensor:
+def apply_canon(canon: Canon | None, x: torch.Tensor, cache: Cache | None, key: str, docs: Documents | None = None) -> torch.Tensor:
     return x if canon is None else canon(x, cache, key, docs)

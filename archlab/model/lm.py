@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from archlab.model.block import Block
+from archlab.model.config import ModelConfig
 from archlab.model.cpu_bf16 import linear
 from archlab.model.decode_layout import decode_weights
 from archlab.model.documents import as_documents
@@ -16,14 +15,12 @@ from archlab.model.mixers.attention import grow_rotary_tables
 from archlab.model.multipliers import attach_multipliers
 from archlab.model.norms import make_norm
 
-if TYPE_CHECKING:
-    from archlab.config import ModelConfig
 
 Cache = list[dict]
 
 
 class LM(nn.Module):
-    def __init__(self, cfg: "ModelConfig"):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.vocab_size is None:
             raise ValueError("model.vocab_size is not set (it is normally taken from the task)")

@@ -72,14 +72,14 @@ LM's own embed/head tying) are refused.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-if TYPE_CHECKING:
-    from archlab.config import ModelConfig
+from archlab.model.config import ModelConfig
+
 
 MULTIPLIER_MODES = ("none", "scalar", "vector", "both")
 TARGETS = ("mixer", "mlp", "head", "embedding")
@@ -137,7 +137,7 @@ def _role(name: str, module: nn.Module, target: str, d_model: int) -> str:
     return "in" if module.in_features == d_model else "internal"
 
 
-def placement(name: str, module: nn.Module, target: str, cfg: "ModelConfig") -> tuple[bool, bool, bool]:
+def placement(name: str, module: nn.Module, target: str, cfg: ModelConfig) -> tuple[bool, bool, bool]:
     """(scalar, row, col) for one selected module under cfg.multipliers -- the rules in the module docstring."""
     mode = cfg.multipliers
     scalar = mode in ("scalar", "both")
@@ -170,7 +170,7 @@ def select_modules(model: nn.Module, targets: list[str] | tuple[str, ...]) -> li
     return found
 
 
-def attach_multipliers(model: nn.Module, cfg: "ModelConfig") -> list[str]:
+def attach_multipliers(model: nn.Module, cfg: ModelConfig) -> list[str]:
     """Re-parametrise the selected layers of ``model`` per ``cfg.multipliers``; returns their names.
 
     Called at the end of ``LM.__init__`` (after all initialisation). A no-op for ``multipliers="none"``.

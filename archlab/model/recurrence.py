@@ -15,7 +15,7 @@ import math
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -23,14 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlab.model.block import Block
+from archlab.model.config import ModelConfig, RecurrenceConfig
 from archlab.model.cpu_bf16 import linear
 from archlab.model.documents import as_documents
 from archlab.model.lm import LM
 from archlab.model.multipliers import attach_multipliers
 from archlab.model.norms import make_norm
-
-if TYPE_CHECKING:
-    from archlab.config import ModelConfig, RecurrenceConfig
 
 
 @dataclass
@@ -41,7 +39,7 @@ class RecurrentCache:
     r: int | None = None
 
 
-def mean_recurrence_at(rc: "RecurrenceConfig", step: int, total: int) -> int:
+def mean_recurrence_at(rc: RecurrenceConfig, step: int, total: int) -> int:
     """Curriculum mean m_t at 0-based ``step`` of ``total``: ceil(M * f(t / W)), f = x or 1 - sqrt(1 - x), >= 1."""
     if rc.curriculum == "none":
         return rc.mean_recurrence
@@ -50,7 +48,7 @@ def mean_recurrence_at(rc: "RecurrenceConfig", step: int, total: int) -> int:
     return max(1, math.ceil(rc.mean_recurrence * f))
 
 
-def sample_depth(rc: "RecurrenceConfig", seed: int, step: int, micro: int, total: int) -> tuple[int, int]:
+def sample_depth(rc: RecurrenceConfig, seed: int, step: int, micro: int, total: int) -> tuple[int, int]:
     """(n without grad, k with grad) for one micro-batch; a pure function of its arguments (spec §1.4).
 
     lambda ~ LogNormal(ln m - sigma^2 / 2, sigma) so E[lambda] = m; r = Poisson(lambda) + 1 (E[r] = m + 1);
@@ -69,7 +67,7 @@ def sample_depth(rc: "RecurrenceConfig", seed: int, step: int, micro: int, total
 class RecurrentLM(LM):
     """LM with a recurrent core; same interface, plus ``r`` (iterations) and ``n_grad`` where they matter."""
 
-    def __init__(self, cfg: "ModelConfig"):
+    def __init__(self, cfg: ModelConfig):
         nn.Module.__init__(self)  # LM's own stack is replaced by prelude / core / coda
         if cfg.vocab_size is None:
             raise ValueError("model.vocab_size is not set (it is normally taken from the task)")
@@ -198,6 +196,6 @@ class RecurrentLM(LM):
         return once + (r if r is not None else self.rc.mean_recurrence) * it
 
 
-def build_lm(cfg: "ModelConfig") -> LM:
+def build_lm(cfg: ModelConfig) -> LM:
     """LM, or RecurrentLM when ``model.recurrence`` is set."""
     return LM(cfg) if cfg.recurrence is None else RecurrentLM(cfg)

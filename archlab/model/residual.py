@@ -23,20 +23,19 @@ the stream, is not rounded away (§A.3: at L = 2048 it is ~5e-4, below bf16's 2^
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
+from archlab.model.config import ModelConfig
 from archlab.model.norms import make_norm
 
-if TYPE_CHECKING:
-    from archlab.config import ModelConfig
 
 SubLayer = Callable[[torch.Tensor], torch.Tensor]
 
 
-def num_sublayers(cfg: "ModelConfig") -> int:
+def num_sublayers(cfg: ModelConfig) -> int:
     """L: every mixer and every MLP counts as one sub-layer."""
     return cfg.n_layers * (2 if cfg.mlp != "none" else 1)
 
@@ -55,7 +54,7 @@ class Residual(nn.Module):
     needs_final_norm: bool = True
     alpha: float = 1.0
 
-    def __init__(self, cfg: "ModelConfig"):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
 
     def scale_init(self, module: nn.Module) -> None:
@@ -68,7 +67,7 @@ class Residual(nn.Module):
 class PreLN(Residual):
     """x <- x + F(N(x)) — GPT-2 / Llama. The stream is never normalised, so the LM adds a final norm."""
 
-    def __init__(self, cfg: "ModelConfig"):
+    def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
 
@@ -81,7 +80,7 @@ class PostLN(Residual):
 
     needs_final_norm = False
 
-    def __init__(self, cfg: "ModelConfig"):
+    def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
 
@@ -102,7 +101,7 @@ class KEEL(Residual):
 
     needs_final_norm = False
 
-    def __init__(self, cfg: "ModelConfig"):
+    def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.alpha = float(cfg.residual_alpha) if cfg.residual_alpha is not None else float(num_sublayers(cfg))
         self.norm_in = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
@@ -124,7 +123,7 @@ class DeepNorm(Residual):
 
     needs_final_norm = False
 
-    def __init__(self, cfg: "ModelConfig"):
+    def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         nb = cfg.n_layers
         self.alpha = float(cfg.residual_alpha) if cfg.residual_alpha is not None else (2 * nb) ** 0.25
@@ -150,7 +149,7 @@ class Sandwich(Residual):
     function at init and the same family. Peri-LN also normalises the embedding: ``model.embed_norm``.
     """
 
-    def __init__(self, cfg: "ModelConfig"):
+    def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.norm_in = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.norm_out = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
@@ -195,6 +194,7 @@ def value_output_weights(module: nn.Module) -> list[tuple[torch.Tensor, slice]]:
     return found
 
 
+# One class per name of archlab.model.config.RESIDUAL_STYLES (the names a config may use).
 RESIDUALS: dict[str, type[Residual]] = {
     "pre": PreLN,
     "post": PostLN,
@@ -203,9 +203,6 @@ RESIDUALS: dict[str, type[Residual]] = {
     "sandwich": Sandwich,
 }
 
-# Styles with a skip-path scale alpha (``model.residual_alpha`` is an error for the others).
-ALPHA_STYLES = ("keel", "deepnorm")
 
-
-def make_residual(cfg: "ModelConfig") -> Residual:
+def make_residual(cfg: ModelConfig) -> Residual:
     return RESIDUALS[cfg.residual](cfg)

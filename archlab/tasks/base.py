@@ -1,4 +1,7 @@
-"""The task interface: a task yields token batches as a pure function of (seed, rank, step).
+"""The task interface and registry: a task yields token batches as a pure function of (seed, rank, step).
+
+Each task module registers its (config, task) classes with ``@register_task(name, ConfigClass)``;
+``build_task(cfg, seq_len)`` builds the one ``cfg.name`` names (``archlab.tasks`` imports the built-in ones).
 
 A batch is a :class:`Batch` ``(tokens, loss_mask, doc_ids)``:
   tokens:    LongTensor [B, T+1]  — the model reads tokens[:, :-1] and predicts tokens[:, 1:]
@@ -12,18 +15,15 @@ tensors in any process on any machine. Train and test streams must never share a
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-if TYPE_CHECKING:
-    from archlab.model.lm import LM
-
-SPLITS = ("train", "val", "test")
+from archlab.model.lm import LM
+from archlab.registry import Registry
 
 
 class TaskConfig(BaseModel):
@@ -54,19 +54,6 @@ class Batch(NamedTuple):
         return self.tokens[:, :-1], self.tokens[:, 1:], self.loss_mask[:, 1:], docs
 
 
-def stream_seed(seed: int, split: str, rank: int, step: int, *extra: int) -> int:
-    """A 63-bit seed derived from (seed, split, rank, step, ...) by hashing: streams never collide."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    key = f"{seed}/{split}/{rank}/{step}/" + "/".join(map(str, extra))
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
-
-
-def rng_for(seed: int, split: str, rank: int, step: int, *extra: int) -> np.random.Generator:
-    """numpy Generator for one (seed, split, rank, step) point of a stream."""
-    return np.random.default_rng(stream_seed(seed, split, rank, step, *extra))
-
-
 class Task(ABC):
     """A data source for training and its exact evaluation."""
 
@@ -92,12 +79,29 @@ class Task(ABC):
             return None
         return torch.as_tensor(doc_ids, dtype=torch.long)
 
-    def evaluate(self, model: "LM", seed: int, n_batches: int, batch_size: int) -> dict[str, Any]:
-        """Task metrics on the test split (default: masked loss only). Tasks override with exact metrics."""
-        from archlab.evaluate import masked_loss_eval
-
-        return masked_loss_eval(model, self, "test", seed, n_batches, batch_size)
+    def evaluate(self, model: LM, seed: int, n_batches: int, batch_size: int) -> dict[str, Any]:
+        """Exact task metrics on the test split (accuracies, ...); none by default (the held-out loss is
+        archlab.evaluate's)."""
+        return {}
 
     def decode(self, tokens: list[int]) -> str:
         """Human-readable rendering of token ids."""
         return " ".join(map(str, tokens))
+
+
+TASKS: Registry[type[Task]] = Registry("task", default="text")
+
+
+def register_task(name: str, config_cls: type[TaskConfig]) -> Callable[[type[Task]], type[Task]]:
+    """Class decorator: ``@register_task("depo", DepoConfig)``."""
+
+    def deco(cls: type[Task]) -> type[Task]:
+        cls.config_cls = config_cls
+        return TASKS.register(name, config_cls)(cls)
+
+    return deco
+
+
+def build_task(cfg: TaskConfig, seq_len: int) -> Task:
+    _, cls = TASKS.get(cfg.name)
+    return cls(cfg, seq_len)

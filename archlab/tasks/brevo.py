@@ -28,22 +28,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from archlab.tasks import register_task
-from archlab.tasks.common import (
-    check_name_space,
-    PAD,
-    Instances,
-    NameVocab,
-    SyntheticConfig,
-    SyntheticTask,
-    apply_preset,
-    build_instances,
-    greedy_complete,
-    node_names,
-    render_tokens,
-    sample_sizes,
-    segment_positions,
-)
+from archlab.tasks.base import register_task
+from archlab.tasks.instances import PAD, Instances, build_instances, segment_positions
+from archlab.tasks.names import NameVocab, check_name_space, node_names, render_tokens
+from archlab.tasks.sampling import sample_sizes
+from archlab.tasks.scoring import greedy_complete
+from archlab.tasks.synthetic import SyntheticConfig, SyntheticTask, apply_preset
 
 BOS, QUERY, ANS, EOS = 1, 2, 3, 4
 N_SPECIAL = 5

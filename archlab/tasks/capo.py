@@ -34,16 +34,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from archlab.tasks import register_task
-from archlab.tasks.common import (
-    Instances,
-    SyntheticConfig,
-    SyntheticTask,
-    build_instances,
-    random_perm_rows,
-    span_correct,
-    teacher_forced,
-)
+from archlab.tasks.base import register_task
+from archlab.tasks.instances import Instances, build_instances
+from archlab.tasks.sampling import random_perm_rows
+from archlab.tasks.scoring import span_correct, teacher_forced
+from archlab.tasks.synthetic import SyntheticConfig, SyntheticTask
 
 ATTRS = ("birth_date", "birth_city", "university", "major", "employer", "work_city")
 BITS_ATTRS = ATTRS[:5]

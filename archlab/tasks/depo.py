@@ -19,24 +19,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from archlab.tasks import register_task
-from archlab.tasks.common import (
-    check_name_space,
-    PAD,
-    Instances,
-    NameVocab,
-    SyntheticConfig,
-    SyntheticTask,
-    apply_preset,
-    build_instances,
-    grouped_mean,
-    node_names,
-    random_perm_rows,
-    render_tokens,
-    sample_sizes,
-    span_correct,
-    teacher_forced,
-)
+from archlab.tasks.base import register_task
+from archlab.tasks.instances import PAD, Instances, build_instances
+from archlab.tasks.names import NameVocab, check_name_space, node_names, render_tokens
+from archlab.tasks.sampling import random_perm_rows, sample_sizes
+from archlab.tasks.scoring import grouped_mean, span_correct, teacher_forced
+from archlab.tasks.synthetic import SyntheticConfig, SyntheticTask, apply_preset
 
 BOS, ANS, SEP = 1, 2, 3
 QUERY0 = 4  # <q_k> = QUERY0 + k - 1

@@ -25,8 +25,10 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from archlab.tasks import register_task
-from archlab.tasks.common import PAD, Instances, SyntheticConfig, SyntheticTask, apply_preset, inference
+from archlab.tasks.base import register_task
+from archlab.tasks.instances import PAD, Instances
+from archlab.tasks.scoring import inference
+from archlab.tasks.synthetic import SyntheticConfig, SyntheticTask, apply_preset
 
 BOS = 1
 TERM0 = 2  # terminal t in {1, 2, 3} is token TERM0 + t - 1

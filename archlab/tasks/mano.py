@@ -24,17 +24,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from archlab.tasks import register_task
-from archlab.tasks.common import (
-    PAD,
-    Instances,
-    SyntheticConfig,
-    SyntheticTask,
-    build_instances,
-    grouped_mean,
-    instance_split,
-    teacher_forced,
-)
+from archlab.tasks.base import register_task
+from archlab.tasks.instances import PAD, Instances, build_instances
+from archlab.tasks.packing import instance_split
+from archlab.tasks.scoring import grouped_mean, teacher_forced
+from archlab.tasks.synthetic import SyntheticConfig, SyntheticTask
 
 BOS, ANS = 1, 2
 OP0 = 3  # +, -, *

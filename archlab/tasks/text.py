@@ -20,8 +20,7 @@ from pydantic import Field, model_validator
 from archlab.data.sampler import PackedSampler
 from archlab.data.shards import Corpus, load_prepared, tokenize_in_memory
 from archlab.data.sources import iter_documents
-from archlab.tasks import register_task
-from archlab.tasks.base import Batch, Task, TaskConfig
+from archlab.tasks.base import Batch, Task, TaskConfig, register_task
 from archlab.tokenizers import load_tokenizer
 
 

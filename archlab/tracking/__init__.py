@@ -11,14 +11,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
-from archlab.config import ConfigError
+from archlab.config import ConfigError, RunConfig
 from archlab.tracking.base import MetricLogger
 from archlab.tracking.jsonl import METRICS_FILE, JsonlLogger
 
-if TYPE_CHECKING:
-    from archlab.config import RunConfig
 
 # logger name (a value of train.loggers; also its package's name) -> (module, class)
 TRACKERS = {

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 
-from archlab.config import flatten
+from archlab.config import RunConfig, flatten
 from archlab.tracking.base import Tracker
-
-if TYPE_CHECKING:
-    from archlab.config import RunConfig
 
 
 def session_start(hparams: dict[str, Any], group: str) -> Summary:

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import wandb
 
+from archlab.config import RunConfig
 from archlab.tracking.base import Tracker
-
-if TYPE_CHECKING:
-    from archlab.config import RunConfig
 
 
 def run_id(run_dir: Path) -> str:

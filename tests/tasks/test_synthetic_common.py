@@ -10,16 +10,11 @@ import torch
 from archlab.config import ModelConfig
 from archlab.model.lm import LM
 from archlab.tasks import TASKS, build_task
-from archlab.tasks.common import (
-    PAD,
-    Instances,
-    NameVocab,
-    greedy_complete,
-    instance_split,
-    pack_windows,
-    sample_sizes,
-    span_correct,
-)
+from archlab.tasks.instances import PAD, Instances
+from archlab.tasks.names import NameVocab
+from archlab.tasks.packing import instance_split, pack_windows
+from archlab.tasks.sampling import sample_sizes
+from archlab.tasks.scoring import greedy_complete, span_correct
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {  # task configs small enough for fast tests, with their seq_len

@@ -14,20 +14,18 @@ rounding.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
 from archlab.model.canon import apply_canon, maybe_canon
+from archlab.model.config import MIXERS, MixerConfig, ModelConfig
 from archlab.model.cpu_bf16 import linear, sdpa
 from archlab.model.documents import Documents
-from archlab.model.mixers import MIXERS, Mixer, MixerConfig
+from archlab.model.mixers.base import Mixer
 from archlab.model.norms import RMSNorm
-
-if TYPE_CHECKING:
-    from archlab.config import ModelConfig
 
 
 class AttentionConfig(MixerConfig):
@@ -163,7 +161,7 @@ def attend_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, docs: Do
 
 @MIXERS.register("attention", AttentionConfig)
 class Attention(Mixer):
-    def __init__(self, cfg: AttentionConfig, model_cfg: "ModelConfig", layer_idx: int):
+    def __init__(self, cfg: AttentionConfig, model_cfg: ModelConfig, layer_idx: int):
         super().__init__(cfg, model_cfg, layer_idx)
         d = model_cfg.d_model
         self.n_heads = cfg.n_heads

@@ -17,7 +17,7 @@ per-head RMSNorm(o)·swish(g_proj x); o_proj. Canon-B = Canon(res) on concat(q, 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +25,10 @@ from pydantic import Field
 from torch import nn
 
 from archlab.model.canon import apply_canon, maybe_canon
+from archlab.model.config import MIXERS, MixerConfig, ModelConfig
 from archlab.model.cpu_bf16 import linear
 from archlab.model.documents import Documents, chunk_doc_masks, masked
-from archlab.model.mixers import MIXERS, Mixer, MixerConfig
+from archlab.model.mixers.base import Mixer
 from archlab.model.mixers.short_conv import (
     ShortConvs,
     acc,
@@ -44,9 +45,6 @@ from archlab.model.mixers.short_conv import (
     to_chunks,
 )
 from archlab.model.norms import RMSNorm
-
-if TYPE_CHECKING:
-    from archlab.config import ModelConfig
 
 
 # ----------------------------------------------------------------------------------------------- core math
@@ -173,7 +171,7 @@ class GatedDeltaNetConfig(MixerConfig):
 
 @MIXERS.register("gdn", GatedDeltaNetConfig)
 class GatedDeltaNet(Mixer):
-    def __init__(self, cfg: GatedDeltaNetConfig, model_cfg: "ModelConfig", layer_idx: int):
+    def __init__(self, cfg: GatedDeltaNetConfig, model_cfg: ModelConfig, layer_idx: int):
         super().__init__(cfg, model_cfg, layer_idx)
         d = model_cfg.d_model
         H = self.n_heads = cfg.n_heads

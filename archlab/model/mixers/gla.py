@@ -15,7 +15,7 @@ o_proj. Canon-b = SiLU short convs on q, k, v; Canon-B = Canon(res) on concat(q,
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +23,10 @@ from pydantic import Field
 from torch import nn
 
 from archlab.model.canon import apply_canon, maybe_canon
+from archlab.model.config import MIXERS, MixerConfig, ModelConfig
 from archlab.model.cpu_bf16 import linear
 from archlab.model.documents import Documents, chunk_doc_masks, masked
-from archlab.model.mixers import MIXERS, Mixer, MixerConfig
+from archlab.model.mixers.base import Mixer
 from archlab.model.mixers.short_conv import (
     ShortConvs,
     chunk_states,
@@ -39,9 +40,6 @@ from archlab.model.mixers.short_conv import (
     to_chunks,
 )
 from archlab.model.norms import RMSNorm
-
-if TYPE_CHECKING:
-    from archlab.config import ModelConfig
 
 
 # ----------------------------------------------------------------------------------------------- core math
@@ -196,7 +194,7 @@ class GLAConfig(MixerConfig):
 
 @MIXERS.register("gla", GLAConfig)
 class GatedLinearAttention(Mixer):
-    def __init__(self, cfg: GLAConfig, model_cfg: "ModelConfig", layer_idx: int):
+    def __init__(self, cfg: GLAConfig, model_cfg: ModelConfig, layer_idx: int):
         super().__init__(cfg, model_cfg, layer_idx)
         d = model_cfg.d_model
         self.n_heads = cfg.n_heads

@@ -16,7 +16,7 @@ Canon(res) on the whole in_proj output; y = SSD(x, B, C) + D·x; out = out_proj(
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +24,11 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from archlab.model.canon import Canon, apply_canon, maybe_canon
+from archlab.model.config import MIXERS, MixerConfig, ModelConfig
 from archlab.model.cpu_bf16 import linear
-from archlab.model.fused import silu_mul
 from archlab.model.documents import Documents, chunk_doc_masks, masked
-from archlab.model.mixers import MIXERS, Mixer, MixerConfig
+from archlab.model.fused import silu_mul
+from archlab.model.mixers.base import Mixer
 from archlab.model.mixers.short_conv import (
     acc,
     causal_decay,
@@ -42,9 +43,6 @@ from archlab.model.mixers.short_conv import (
     run_core,
     to_chunks,
 )
-
-if TYPE_CHECKING:
-    from archlab.config import ModelConfig
 
 
 # ----------------------------------------------------------------------------------------------- core math
@@ -206,7 +204,7 @@ class Mamba2Config(MixerConfig):
 
 @MIXERS.register("mamba2", Mamba2Config)
 class Mamba2(Mixer):
-    def __init__(self, cfg: Mamba2Config, model_cfg: "ModelConfig", layer_idx: int):
+    def __init__(self, cfg: Mamba2Config, model_cfg: ModelConfig, layer_idx: int):
         super().__init__(cfg, model_cfg, layer_idx)
         d = model_cfg.d_model
         self.n_heads, self.head_dim = cfg.heads(d)

@@ -20,17 +20,14 @@ from __future__ import annotations
 import functools
 import importlib
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from archlab.model.canon import Canon
-from archlab.model.documents import cu_seqlens, step_keep
-
-if TYPE_CHECKING:
-    from archlab.model.documents import Documents
+from archlab.model.documents import Documents, cu_seqlens, step_keep
 
 
 class ShortConvs(nn.Module):
@@ -49,7 +46,7 @@ class ShortConvs(nn.Module):
             else:  # fla models re-initialise every nn.Conv1d with N(0, initializer_range)
                 nn.init.normal_(conv.weight, std=self.init_std)
 
-    def forward(self, name: str, x: torch.Tensor, state: dict | None, docs: "Documents | None" = None) -> torch.Tensor:
+    def forward(self, name: str, x: torch.Tensor, state: dict | None, docs: Documents | None = None) -> torch.Tensor:
         """x: [B, T, C] -> SiLU(causal conv(x)), reading/updating ``state['conv_<name>']`` when decoding."""
         return self.convs[name](x, state, f"conv_{name}", docs)
 
@@ -89,7 +86,7 @@ def run_core(
     state: dict | None,
     scale: float | None,
     chunk_kwargs: dict,
-    docs: "Documents | None" = None,
+    docs: Documents | None = None,
     fla: bool = False,
 ) -> torch.Tensor:
     """o from ``chunk(*args, ...)`` or (one decoding step) ``recurrent(*args, ...)``; keeps ``state['ssm']``.
