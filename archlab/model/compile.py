@@ -62,8 +62,10 @@ def compile_blocks(lm: nn.Module, seq_len: int) -> None:
     grow_rotary_tables(lm, seq_len)
     blocks = block_list(lm)
     # every block shares Block.forward's code; blocks that differ (Canon in some layers, per-layer constants)
-    # each need their own graph, and the default limit of 8 would send the rest back to eager
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(blocks) + 8)
+    # each need their own graph, and the default limit of 8 would send the rest back to eager; every compiled
+    # model of the process adds its own blocks' graphs (a benchmark compiles several)
+    torch._dynamo.config.recompile_limit += 2 * len(blocks)
+    torch._dynamo.config.accumulated_recompile_limit += 2 * len(blocks)
     for block in blocks:
         eager = block.forward
         block.forward = functools.partial(_training_call, eager, torch.compile(eager, dynamic=False))
