@@ -28,30 +28,6 @@ def test_canon_equals_conv1d_with_gradients(residual: bool, activation: bool) ->
     assert (gw - gw_ref).abs().max() < 1e-12
 
 
-@pytest.mark.parametrize("residual,activation", [(True, False), (False, True), (True, True)])
-@pytest.mark.parametrize("with_docs", [False, True])
-def test_canon_in_bf16_where_bf16_is_native(monkeypatch, residual: bool, activation: bool, with_docs: bool) -> None:
-    """Under bf16 autocast on a CPU with bf16 kernels (forced here on any CPU) Canon runs oneDNN's conv on bf16
-    data: it equals the fp32 layer (and document masking) to bf16 precision, forward and backward."""
-    from archlab.model.documents import Documents
-
-    monkeypatch.setattr(cpu_bf16, "CPU_LACKS_BF16", False)
-    torch.manual_seed(0)
-    canon = Canon(24, 4, residual=residual, activation=activation)
-    x = torch.randn(3, 21, 24, requires_grad=True)
-    docs = Documents(torch.tensor([[0] * 5 + [1] * 2 + [2] * 14] * 3)) if with_docs else None
-    g = torch.randn(3, 21, 24)
-    ref = canon(x, docs=docs)
-    gx_ref, gw_ref = torch.autograd.grad(ref, (x, canon.weight), g)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = canon(x, docs=docs)
-    assert y.dtype == torch.bfloat16  # the bf16 path, not the fp32 round trip
-    gx, gw = torch.autograd.grad(y.float(), (x, canon.weight), g)
-    scale = ref.abs().max()
-    assert (y.float() - ref).abs().max() <= 2e-2 * scale
-    assert (gx - gx_ref).abs().max() <= 2e-2 * gx_ref.abs().max() and (gw - gw_ref).abs().max() <= 2e-2 * gw_ref.abs().max()
-
-
 needs_emulation = pytest.mark.skipif(not cpu_bf16.CPU_LACKS_BF16, reason="this CPU has native bf16 kernels")
 
 

@@ -13,11 +13,10 @@ Document masking (:mod:`archlab.model.documents`): a tap that would reach into t
 zero instead, exactly as if each document were convolved alone with its own zero padding (a sparse correction
 of the unmasked conv at the positions next to document starts; dense masks under torch.compile).
 
-Three forms of the same convolution: fp32 shifted multiply-adds with a hand-written backward
-(:class:`CausalDepthwiseConv`, the default, also for bf16 training on CPUs without bf16 kernels); under bf16
-autocast on a CPU with bf16 kernels, oneDNN's depthwise conv on bf16 data (fp32 accumulation inside, 2x faster
-than the fp32 round trip: ``benchmarks/canon_throughput.py``); under torch.compile, the plain sum that inductor
-fuses into one loop.
+Two forms of the same convolution: fp32 shifted multiply-adds with a hand-written backward
+(:class:`CausalDepthwiseConv`; bf16 inputs make an fp32 round trip), and under torch.compile the plain sum that
+inductor fuses into one loop. oneDNN's bf16 depthwise conv on CPUs with bf16 kernels was measured and not kept:
+a whole Canon-ABCD step was slower with it (``benchmarks/canon_throughput.py``, README "Performance").
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlab.model.config import ModelConfig
-from archlab.model.cpu_bf16 import native_bf16
 from archlab.model.documents import Documents
 
 Cache = dict[str, torch.Tensor]
@@ -54,9 +52,6 @@ class Canon(nn.Module):
         k, T = self.kernel, x.shape[1]
         if docs is not None and cache is not None:
             raise ValueError("document masking applies to training / evaluation forwards, not to decoding with a cache")
-        native = native_bf16(x)
-        if native:  # the whole layer in bf16: oneDNN's bf16 conv below
-            x = x.to(torch.bfloat16)
         if cache is None:
             padded = F.pad(x, (0, 0, k - 1, 0))  # [B, K-1+T, C], zeros before the start
         else:
@@ -67,10 +62,6 @@ class Canon(nn.Module):
             cache[key] = full[:, -k:].detach()
             padded = full[:, 1:]  # K-1 history rows + T new
         fixups = docs.conv_fixups(k) if docs is not None and not docs.single else None
-        if native and not torch.compiler.is_compiling():
-            y = onednn_bf16_conv(padded, self.weight, fixups)
-            y = F.silu(y) if self.activation else y
-            return x + y if self.residual else y
         taps = self.weight[:, 0].t()  # [K, C]; tap K-1 multiplies the current token
         if self.residual and not self.activation:  # x + conv(x) = conv with 1 added to the current tap
             taps = torch.cat([taps[:-1], taps[-1:] + 1])
@@ -94,18 +85,6 @@ def reaching_products(p: torch.Tensor, taps: torch.Tensor, src: torch.Tensor, in
     products of the taps (taps [K, C]; the current one never reaches back) that cross a document start."""
     reach = p.reshape(-1, p.shape[-1])[src] * invalid[..., None].to(p.dtype)  # [n, K-1, C]
     return (reach * taps[:-1]).sum(1)
-
-
-def onednn_bf16_conv(p: torch.Tensor, weight: torch.Tensor, fixups: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
-    """The causal depthwise conv by ``F.conv1d`` on bf16 data: p [B, K-1+T, C] (left-padded, bf16), weight
-    [C, 1, K] -> [B, T, C] bf16. The [B, C, T] view of channel-last data needs no copy; with document fix-ups
-    the crossing products are subtracted through autograd."""
-    y = F.conv1d(p.transpose(1, 2), weight.to(torch.bfloat16), groups=p.shape[-1]).transpose(1, 2)
-    if fixups is None:
-        return y
-    rows, src, invalid = fixups
-    taps = weight[:, 0].t().to(torch.bfloat16)
-    return y.reshape(-1, y.shape[-1]).index_add(0, rows, reaching_products(p, taps, src, invalid), alpha=-1).view_as(y)
 
 
 def causal_depthwise_conv(p: torch.Tensor, taps: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:

@@ -35,16 +35,6 @@ def emulating(x: torch.Tensor) -> bool:
     )
 
 
-def native_bf16(x: torch.Tensor) -> bool:
-    """True when ``x`` is on the CPU under bf16 autocast and the CPU has fast (oneDNN) bf16 kernels."""
-    return (
-        not CPU_LACKS_BF16
-        and torch.is_autocast_enabled("cpu")
-        and x.device.type == "cpu"
-        and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    )
-
-
 def _rounded(t: torch.Tensor) -> torch.Tensor:
     """t rounded to bf16, held in fp32 (exact)."""
     return t.to(torch.bfloat16).float()
