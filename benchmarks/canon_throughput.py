@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from archlab.model.canon import Canon
-from common import markdown_table, time_interleaved, write_result
+from common import markdown_table, parse_run_args, time_interleaved, write_result
 
 
 def layer_step(canon: Canon, x: torch.Tensor, g: torch.Tensor) -> None:
@@ -40,11 +40,7 @@ def main() -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[512, 1536, 2816])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--json", help="write a result file (benchmarks/common.py)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_run_args(ap, threads=1, reps=5)
     rows, table = [], []
     for C in args.widths:
         canon = Canon(C)

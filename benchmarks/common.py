@@ -130,6 +130,19 @@ def write_result(path: str | None, benchmark: str, rows: list[dict], lower_is_be
     print(f"\nwrote {path}")
 
 
+def parse_run_args(ap, threads: int, reps: int):
+    """Parse ``ap`` with the options every timing benchmark shares (--threads, --reps, --json) and set torch's
+    thread count."""
+    import torch
+
+    ap.add_argument("--threads", type=int, default=threads, help="torch threads (1 is steadier on a shared machine)")
+    ap.add_argument("--reps", type=int, default=reps, help="timed steps per entrant (median reported)")
+    ap.add_argument("--json", help="write a result file (benchmarks/common.py)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])

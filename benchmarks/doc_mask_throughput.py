@@ -19,7 +19,7 @@ import torch
 
 from archlab.config import ModelConfig
 from archlab.model.lm import LM
-from common import markdown_table, time_interleaved, write_result
+from common import markdown_table, parse_run_args, time_interleaved, write_result
 
 MIXERS = {
     "attention": ({"name": "attention", "n_heads": 4}, "ABCD"),
@@ -56,11 +56,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--doc-len", type=int, default=100, help="mean document length")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--json", help="write a result file (benchmarks/common.py)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_run_args(ap, threads=2, reps=5)
 
     rows, table = [], []
     for T in args.seq_lens:
