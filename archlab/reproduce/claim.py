@@ -74,8 +74,11 @@ class SweepReport(Strict):
 
 
 class SweepBudget(Strict):
+    """``compare``, when given, replaces the claim's comparisons for this budget (e.g. other depths)."""
+
     setting: str
     sweeps: dict[str, SweepSpec]
+    compare: list[Comparison] | None = None
 
     @model_validator(mode="after")
     def _nonempty(self) -> "SweepBudget":
@@ -127,13 +130,17 @@ class Claim(Strict):
     @model_validator(mode="after")
     def _check(self) -> "Claim":
         if self.kind == "sweep":
-            if not self.compare:
-                raise ValueError("a sweep claim needs at least one entry in 'compare'")
             for budget_name, budget in self.budgets.items():
-                for c in self.compare:
+                if not self.comparisons(budget_name):
+                    raise ValueError(f"budget {budget_name!r}: a sweep claim needs at least one entry in 'compare'")
+                for c in self.comparisons(budget_name):
                     if c.sweep is not None and c.sweep not in budget.sweeps:
                         raise ValueError(f"compare {c.name!r}: budget {budget_name!r} has no sweep {c.sweep!r}")
         return self
+
+    def comparisons(self, budget: str) -> list[Comparison]:
+        own = getattr(self.budgets[budget], "compare", None)
+        return own if own is not None else self.compare
 
     def budget(self, name: str) -> SweepBudget | RecurrenceBudget:
         if name not in self.budgets:

@@ -31,10 +31,12 @@ from archlab.sweep import DB_FILE, RunSpec, SweepPlan, load_results, prepare, ru
 OnDone = Callable[[str, RunSpec, dict[str, Any], int, int], None]
 
 
-def plans(claim: Claim, budget: SweepBudget) -> dict[str, SweepPlan]:
+def plans(claim: Claim, budget_name: str) -> dict[str, SweepPlan]:
     """The budget's sweep plans, with every comparison's arms checked against their grid (before any work)."""
+    budget = claim.budget(budget_name)
+    assert isinstance(budget, SweepBudget)
     out = {name: spec.plan(claim.path) for name, spec in budget.sweeps.items()}
-    for c in claim.compare:
+    for c in claim.comparisons(budget_name):
         plan = out[sweep_of(c, budget)]
         arms = an.planned_arms(plan, claim.report.lr_key)
         an.find_arm(arms, {**c.at, **c.treatment}, f"compare {c.name!r} treatment")
@@ -48,9 +50,7 @@ def sweep_of(c: Comparison, budget: SweepBudget) -> str:
 
 def run(claim: Claim, budget_name: str, out: Path, jobs: int, execute: bool = True, on_done: OnDone | None = None) -> Path:
     """Run what is not finished yet (unless ``execute`` is False), then write the report; returns report.md."""
-    budget = claim.budget(budget_name)
-    assert isinstance(budget, SweepBudget)
-    sweep_plans = plans(claim, budget)
+    sweep_plans = plans(claim, budget_name)
     out.mkdir(parents=True, exist_ok=True)
     if execute:
         started, n, cpu = time.time(), 0, 0.0
@@ -242,7 +242,8 @@ def write_report(claim: Claim, budget_name: str, out: Path, sweep_plans: dict[st
     assert isinstance(budget, SweepBudget)
     rep, lr_key = claim.report, claim.report.lr_key
     rows = {name: _rows(out, name) for name in sweep_plans}
-    results = [an.compare(c, sweep_plans[sweep_of(c, budget)], rows[sweep_of(c, budget)], lr_key) for c in claim.compare]
+    comparisons = claim.comparisons(budget_name)
+    results = [an.compare(c, sweep_plans[sweep_of(c, budget)], rows[sweep_of(c, budget)], lr_key) for c in comparisons]
     verdict = an.claim_verdict(results)
     planned = sum(len(p.specs()) for p in sweep_plans.values())
     all_rows = [r for rs in rows.values() for r in rs]
@@ -256,7 +257,7 @@ def write_report(claim: Claim, budget_name: str, out: Path, sweep_plans: dict[st
     plot_effects(results, out / "effects.png")
     lines += ["![effects](effects.png)", ""]
     for name, plan in sweep_plans.items():
-        comps = [c for c in claim.compare if sweep_of(c, budget) == name]
+        comps = [c for c in comparisons if sweep_of(c, budget) == name]
         if not comps:
             continue
         metric, higher, sdir, tag = comps[0].metric, comps[0].higher_is_better, out / name, f"{name}_" if len(sweep_plans) > 1 else ""
