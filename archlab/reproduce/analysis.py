@@ -78,26 +78,44 @@ def _paired(a: dict[int, float], b: dict[int, float]) -> PairedEffect | None:
     return paired_effect([a[s] - b[s] for s in seeds]) if len(seeds) >= 2 else None
 
 
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: an arm of a sweep (its plan and all its rows)."""
+
+    plan: SweepPlan
+    rows: list[dict[str, Any]]
+    arm: Arm
+
+
 def compare(c: Comparison, plan: SweepPlan, rows: list[dict[str, Any]], lr_key: str) -> ComparisonResult:
-    """One comparison on one sweep's rows (all statuses)."""
+    """One comparison between two arms of one sweep (rows of every status)."""
     arms = planned_arms(plan, lr_key)
-    res = ComparisonResult(c, find_arm(arms, {**c.at, **c.treatment}, f"compare {c.name!r} treatment"),
-                           find_arm(arms, {**c.at, **c.baseline}, f"compare {c.name!r} baseline"))
-    planned = len(plan.grid.get(lr_key, [None])) * plan.seeds
-    ran = group(rows, {"seed", lr_key})
-    done = [r for r in rows if r["status"] == "done"]
-    best = best_lr_per_arm(done, c.metric, lr_key, c.higher_is_better, seeds=plan.seeds)
-    for arm, side in ((res.treatment, "treatment"), (res.baseline, "baseline")):
-        if arm in best:
-            setattr(res, f"{side}_lr", best[arm][0]["params"].get(lr_key))
-            setattr(res, f"{side}_values", list(_by_seed(best[arm], c.metric).values()))
-    for lr in plan.grid.get(lr_key, []):
-        at = [group([r for r in done if r["params"].get(lr_key) == lr], {"seed", lr_key}).get(a, []) for a in (res.treatment, res.baseline)]
-        res.per_lr.append((lr, _paired(_by_seed(at[0], c.metric), _by_seed(at[1], c.metric))))
-    if res.treatment in best and res.baseline in best:
-        res.effect = _paired(_by_seed(best[res.treatment], c.metric), _by_seed(best[res.baseline], c.metric))
+    treatment = find_arm(arms, {**c.at, **c.treatment}, f"compare {c.name!r} treatment")
+    baseline = find_arm(arms, {**c.at, **c.baseline}, f"compare {c.name!r} baseline")
+    return compare_sides(c, Side(plan, rows, treatment), Side(plan, rows, baseline), lr_key)
+
+
+def compare_sides(c: Comparison, t: Side, b: Side, lr_key: str) -> ComparisonResult:
+    """treatment - baseline, each at its best LR (every planned seed finished), paired by seed; also at each LR
+    both grids share. Pending while some planned run of either arm has not run yet."""
+    res = ComparisonResult(c, t.arm, b.arm)
+    best = {}
+    for side, name in ((t, "treatment"), (b, "baseline")):
+        done = [r for r in side.rows if r["status"] == "done" and arm_of_row(r, lr_key) == side.arm]
+        rows = best_lr_per_arm(done, c.metric, lr_key, c.higher_is_better, seeds=side.plan.seeds).get(side.arm)
+        if rows:
+            best[name] = _by_seed(rows, c.metric)
+            setattr(res, f"{name}_lr", rows[0]["params"].get(lr_key))
+            setattr(res, f"{name}_values", list(best[name].values()))
+    for lr in [v for v in t.plan.grid.get(lr_key, []) if v in b.plan.grid.get(lr_key, [])]:
+        at = [_by_seed([r for r in s.rows if r["status"] == "done" and arm_of_row(r, lr_key) == s.arm
+                        and r["params"].get(lr_key) == lr], c.metric) for s in (t, b)]
+        res.per_lr.append((lr, _paired(*at)))
+    if len(best) == 2:
+        res.effect = _paired(best["treatment"], best["baseline"])
         res.verdict = verdict(res.effect, c.higher_is_better)
-    elif all(len(ran.get(a, [])) >= planned for a in (res.treatment, res.baseline)):
+    elif all(len([r for r in s.rows if arm_of_row(r, lr_key) == s.arm]) >= len(s.plan.grid.get(lr_key, [None])) * s.plan.seeds
+             for s in (t, b)):
         res.verdict = "not shown"  # every run is in, but some arm has no LR at which all seeds trained
     return res
 

@@ -88,24 +88,26 @@ class SweepBudget(Strict):
 
 
 class RecurrenceBudget(Strict):
-    """The pipeline's stages: pretrain a Llama-shaped model, retrofit it (P, R, C), heal for each of
-    ``heal_steps`` (LR grid on ``lr_key`` x seeds), continue the static model for the same training FLOPs
-    (same grid and seeds), and sweep the test-time recurrence ``rs``. Recipes are relative to the claim file."""
+    """The pipeline's stages: pretrain a Llama-shaped model (``pretrain`` recipe, one run), retrofit it into the
+    prelude / core / coda of the ``heal`` recipe's ``model.recurrence``, heal for each of ``heal_steps`` (LR grid on
+    ``lr_key`` x seeds), continue the static model (``static`` recipe) for the same training FLOPs with the same
+    grid and seeds, and sweep the test-time recurrence ``rs``. Recipes are relative to the claim file;
+    ``overrides`` go on the healing and the static runs."""
 
     setting: str
     pretrain: str
     pretrain_overrides: list[str] = Field(default_factory=list)
     heal: str
     static: str
-    overrides: list[str] = Field(default_factory=list)  # on healing and static runs
-    layers: tuple[int, int, int]
-    mean_recurrence: int = Field(ge=1)
+    overrides: list[str] = Field(default_factory=list)
     heal_steps: list[int] = Field(min_length=1)
     lr_key: str
     lrs: list[float] = Field(min_length=1)
     seeds: int = Field(ge=1)
     rs: list[int] = Field(min_length=1)
-    eval_batches: int = Field(8, ge=1)
+
+    def recipe(self, claim_file: Path, which: str) -> Path:
+        return Path(os.path.normpath(claim_file.parent / getattr(self, which)))
 
 
 class Claim(Strict):

@@ -15,6 +15,15 @@ from archlab.stats import PairedEffect
 REPORT_MD, VERDICT_TXT, SUMMARY_JSON, SITTINGS = "report.md", "verdict.txt", "summary.json", "sittings.jsonl"
 
 
+def rel_path(path: Path | None) -> str:
+    """A recipe path relative to the repository, for reports that read the same from any checkout."""
+    from archlab.reproduce.claim import REPO
+
+    if path is None:
+        return "(defaults)"
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def fmt_effect(e: PairedEffect | None) -> str:
     if e is None:
         return "–"
@@ -48,11 +57,12 @@ def command_line(name: str, budget: str, jobs: int, out: Path) -> str:
     return f"archlab reproduce {name} --budget {budget} --jobs {jobs} --out {out}"
 
 
-def log_sitting(out: Path, started: float, runs: int, cpu_s: float) -> None:
-    """One line per invocation that ran something: when, how many runs, their CPU seconds, the command line."""
+def log_sitting(out: Path, started: float, runs: int, cpu_s: float, driver_cpu_s: float) -> None:
+    """One line per invocation that ran something: when, how many runs, their CPU seconds and the driver's own
+    (evaluations it does itself), the command line."""
     entry = {"start": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
              "end": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_s": round(time.time() - started, 1), "runs": runs,
-             "cpu_s": round(cpu_s, 1), "argv": shlex.join(sys.argv)}
+             "cpu_s": round(cpu_s, 1), "driver_cpu_s": round(driver_cpu_s, 1), "argv": shlex.join(sys.argv)}
     with open(out / SITTINGS, "a") as f:
         f.write(json.dumps(entry) + "\n")
 

@@ -24,8 +24,8 @@ from archlab.report import (
     plot_metric_vs_key,
 )
 from archlab.reproduce import analysis as an
-from archlab.reproduce.claim import REPO, Claim, Comparison, SweepBudget
-from archlab.reproduce.render import command_line, fmt_effect, fmt_values, header, log_sitting, write_outputs
+from archlab.reproduce.claim import Claim, Comparison, SweepBudget
+from archlab.reproduce.render import command_line, fmt_effect, fmt_values, header, log_sitting, rel_path, write_outputs
 from archlab.sweep import DB_FILE, RunSpec, SweepPlan, load_results, prepare, run_plan
 
 OnDone = Callable[[str, RunSpec, dict[str, Any], int, int], None]
@@ -53,13 +53,13 @@ def run(claim: Claim, budget_name: str, out: Path, jobs: int, execute: bool = Tr
     sweep_plans = plans(claim, budget_name)
     out.mkdir(parents=True, exist_ok=True)
     if execute:
-        started, n, cpu = time.time(), 0, 0.0
+        started, c0, n, cpu = time.time(), time.process_time(), 0, 0.0
         for name, plan in sweep_plans.items():
             cb = (lambda spec, row, i, total, name=name: on_done(name, spec, row, i, total)) if on_done else None
             rows = run_plan(out / name, plan, jobs, on_done=cb)
             n, cpu = n + len(rows), cpu + sum(r.get("cpu_time") or 0.0 for r in rows)
         if n:
-            log_sitting(out, started, n, cpu)
+            log_sitting(out, started, n, cpu, time.process_time() - c0)
     else:
         for name, plan in sweep_plans.items():
             prepare(out / name, plan)  # refuses a directory made with other settings
@@ -68,12 +68,6 @@ def run(claim: Claim, budget_name: str, out: Path, jobs: int, execute: bool = Tr
 
 def _rows(out: Path, name: str) -> list[dict[str, Any]]:
     return load_results(out / name) if (out / name / DB_FILE).is_file() else []
-
-
-def _rel(path: Path | None) -> str:
-    if path is None:
-        return "(defaults)"
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def _lr(v: Any) -> str:
@@ -262,7 +256,7 @@ def write_report(claim: Claim, budget_name: str, out: Path, sweep_plans: dict[st
             continue
         metric, higher, sdir, tag = comps[0].metric, comps[0].higher_is_better, out / name, f"{name}_" if len(sweep_plans) > 1 else ""
         lines += [f"## Sweep `{name}`: {metric}, every arm × LR (mean ± sd over finished seeds; n/planned)", "",
-                  f"Recipe `{_rel(plan.base)}`, overrides "
+                  f"Recipe `{rel_path(plan.base)}`, overrides "
                   f"`{' '.join(plan.overrides)}`; {plan.seeds} seeds.", ""]
         lines += grid_table(rows[name], plan, metric, lr_key) + [""]
         if rep.by and rep.by in plan.grid:
