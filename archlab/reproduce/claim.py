@@ -64,13 +64,15 @@ class Comparison(Strict):
 class SweepReport(Strict):
     """Optional sections: ``by`` (a swept key: metric at the best LR per arm against it, e.g. depth),
     ``stability`` (largest stable LR per arm), ``first_block_grad`` (block-0 gradient norm, needs train.log_norms),
-    ``curves`` (metrics.jsonl keys plotted against step at the best LR, e.g. task metrics during training)."""
+    ``curves`` (task metrics, i.e. eval.json keys, against step at the best LR: recorded during training with
+    ``train.eval_task``; ``acquired``: the report gives the first step at which their seed mean reaches this)."""
 
     lr_key: str = "optim.lr"
     by: str | None = None
     stability: bool = False
     first_block_grad: bool = False
     curves: list[str] = Field(default_factory=list)
+    acquired: float = 0.5
 
 
 class SweepBudget(Strict):

@@ -7,7 +7,9 @@ directories), and ``report.md``, ``verdict.txt``, ``summary.json``, ``sittings.j
 
 from __future__ import annotations
 
+import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -179,21 +181,32 @@ def grad_section(rows: list[dict[str, Any]], plan: SweepPlan, lr_key: str, sweep
     return lines + [""]
 
 
+def task_curve(run_dir: Path, key: str) -> dict[int, float]:
+    """step -> task metric ``key``: the evaluations during training (``train.eval_task``) and the final eval.json."""
+    records = an.read_records(run_dir)
+    curve = {r["step"]: r["task"][key] for r in records if key in r.get("task", {})}
+    final = run_dir / "eval.json"
+    if final.is_file() and records and key in (ev := json.loads(final.read_text())):
+        curve[records[-1]["step"]] = ev[key]
+    return curve
+
+
 def curves_section(rows: list[dict[str, Any]], plan: SweepPlan, metric: str, higher: bool, lr_key: str, keys: list[str],
-                   sweep_dir: Path, path: Path) -> list[str]:
-    """metrics.jsonl keys against step at each arm's best LR (mean over seeds), one panel per key."""
+                   acquired: float, sweep_dir: Path, path: Path) -> list[str]:
+    """Task metrics against step at each arm's best LR (mean over seeds), one panel per metric, and the first
+    evaluated step at which the mean reaches ``acquired``."""
     best = best_lr_per_arm([r for r in rows if r["status"] == "done"], metric, lr_key, higher, seeds=plan.seeds)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), dpi=120, squeeze=False)
-    lines = ["## During training (at each arm's best LR, mean over seeds)", "", "| arm | " + " | ".join(
-        f"first step with mean {k} ≥ 0.5" for k in keys) + " |", "|---|" + "---|" * len(keys)]
+    lines = [f"## During training (each arm at its best LR, mean over seeds): first evaluated step with mean ≥ {acquired:g}", "",
+             "| arm | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for arm, arm_rows in best.items():
         cells = []
         for ax, key in zip(axes[0], keys):
-            series = [{r["step"]: r[key] for r in an.read_records(sweep_dir / row["name"]) if key in r} for row in arm_rows]
+            series = [task_curve(sweep_dir / row["name"], key) for row in arm_rows]
             steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
-            means = [sum(s[t] for s in series) / len(series) for t in steps]
+            means = [statistics.fmean(s[t] for s in series) for t in steps]
             ax.plot(steps, means, marker=".", label=arm_label(arm))
-            cells.append(next((str(t) for t, m in zip(steps, means) if m >= 0.5), "not reached"))
+            cells.append(next((str(t) for t, m in zip(steps, means) if m >= acquired), "not reached"))
         lines.append(f"| {arm_label(arm)} | " + " | ".join(cells) + " |")
     for ax, key in zip(axes[0], keys):
         ax.set(xlabel="step", ylabel=key, title=key)
@@ -269,7 +282,7 @@ def write_report(claim: Claim, budget_name: str, out: Path, sweep_plans: dict[st
         if not done:
             continue
         if rep.curves:
-            lines += curves_section(rows[name], plan, metric, higher, lr_key, rep.curves, sdir, out / f"{tag}during_training.png")
+            lines += curves_section(rows[name], plan, metric, higher, lr_key, rep.curves, rep.acquired, sdir, out / f"{tag}during_training.png")
         best = best_lr_per_arm(done, metric, lr_key, higher, seeds=plan.seeds)
         plot_loss_bands(best, sdir, out / f"{tag}loss_curves.png")
         plot_metric_vs_key(done, metric, lr_key, out / f"{tag}metric_vs_lr.png")
