@@ -483,6 +483,7 @@ def scorecard(
     jobs: int = typer.Option(1, min=1, help="parallel runs (CPU threads are shared fairly)"),
     sc_out: Optional[Path] = typer.Option(None, "--out", help="output directory (default runs/scorecard-<budget>)"),
     no_run: bool = typer.Option(False, "--no-run", help="only write the scorecard from the runs finished so far"),
+    settings: list[str] = typer.Option([], "--set", help="KEY=VALUE override for every cell (repeatable), e.g. data.doc_mask=true"),
 ) -> None:
     """Run architectures through DEPO, BREVO, CAPO, MANO, LANO at a fixed budget (LR grid x seeds, best LR per
     cell, resumable) and write scorecard.md + heatmap.png + per-task plots."""
@@ -497,7 +498,7 @@ def scorecard(
         if not archs:
             raise ConfigError("no architectures: give ARCH.yaml files and/or --preset paper-4.1")
         out_dir = sc_out or Path("runs") / f"scorecard-{budget}"
-        cells = plan(archs, budget, split(task) or list(TASKS), out_dir)
+        cells = plan(archs, budget, split(task) or list(TASKS), out_dir, tuple(settings))
         n_runs = sum(len(c.lrs) * c.seeds for c, _ in cells)
         out.print(f"{len(cells)} cells, {n_runs} runs -> {out_dir} ({finished(cells)} already finished: skipped)")
 
@@ -575,7 +576,7 @@ def data_show(
     cfg = _load(None, [f"data.name={task_name}", *(overrides or [])])
     try:
         task = build_task(cfg.data, cfg.train.seq_len)
-        tokens, mask = task.batch(split, cfg.seed, 0, step, n)
+        tokens, mask, _ = task.batch(split, cfg.seed, 0, step, n)
     except ValueError as err:
         fail(str(err))
     for row, (toks, m) in enumerate(zip(tokens.tolist(), mask.tolist())):

@@ -156,6 +156,15 @@ class OptimConfig(Section):
         return v
 
 
+class WandbConfig(Section):
+    """Weights & Biases settings, used when ``train.loggers`` has ``wandb``."""
+
+    project: str = Field("archlab", min_length=1)
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline: the run is written under RUN/wandb/ only (upload later with `wandb sync`)"
+    )
+
+
 class TrainConfig(Section):
     steps: int = Field(200, gt=0)
     batch_size: int = Field(16, gt=0, description="sequences per optimiser step (across accumulation)")
@@ -179,6 +188,26 @@ class TrainConfig(Section):
                           "on CPU); the first step pays the compile time")
     nonfinite: Literal["stop", "skip"] = Field("stop", description="a step with NaN/Inf loss or gradients: stop, or skip its update")
     max_skipped_steps: int = Field(10, ge=0, description="nonfinite=skip: stop once this many steps of the run were skipped")
+    loggers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="trackers besides metrics.jsonl (always written): tensorboard, wandb (archlab[track])"
+    )
+    group: str | None = Field(None, description="run group (W&B group, TensorBoard hparams session group); sweeps set "
+                              "SWEEP/ARM so that the seeds of one arm appear together")
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _one_logger(cls, v: Any) -> Any:
+        if isinstance(v, str):  # train.loggers=tensorboard,wandb (no brackets for the shell to glob); '' = none
+            return [name.strip() for name in v.split(",")] if v else []
+        return v
+
+    @field_validator("loggers")
+    @classmethod
+    def _loggers(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"{v} names a logger twice")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -242,6 +271,17 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = child
         node[parts[-1]] = parse_value(raw)
     return tree
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: a config tree by its dotted keys."""
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            flat.update(flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
 
 
 def _describe(err: ValidationError) -> str:

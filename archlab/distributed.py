@@ -3,7 +3,8 @@
 The model code stays single-device; everything here is applied from outside by ``train.py``:
 
 * :func:`init_distributed` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and starts a process
-  group, gloo on CPU and nccl on CUDA. Without torchrun it is a no-op (world size 1).
+  group, gloo on CPU and nccl on CUDA, also for a single process when ``train.parallel`` asks for DDP / FSDP2
+  (one GPU then runs the same wrapped code on nccl as many). Without torchrun it is a no-op (world size 1).
 * Every rank builds the *global* batch of a step (a pure function of (seed, step)) and trains on its rows
   (:func:`rank_rows`); the loss normaliser is the global target count / world size, so the averaged gradient
   equals the single-process gradient of the same global batch for any world size.
@@ -42,6 +43,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     owns_group: bool = False
+    grouped: bool = False  # a process group is in use (always when world > 1; by request with one process)
 
     @property
     def is_main(self) -> bool:
@@ -49,13 +51,17 @@ class Dist:
 
     @property
     def active(self) -> bool:
-        return self.world > 1
+        return self.grouped or self.world > 1
 
 
-def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
-    """Start the process group if launched by torchrun (gloo on CPU, nccl on CUDA); pick this rank's GPU."""
+def init_distributed(device: torch.device, parallel: str = "none") -> tuple[Dist, torch.device]:
+    """Start the process group if launched by torchrun (gloo on CPU, nccl on CUDA); pick this rank's GPU.
+
+    A one-process torchrun job gets a group only when ``parallel`` is ddp / fsdp (a plain run stays plain).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    launched = "RANK" in os.environ and "MASTER_ADDR" in os.environ  # what torchrun sets and env:// needs
+    if world == 1 and not (launched and parallel != "none"):
         return Dist(), device
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
@@ -65,7 +71,12 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     if owns:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     _rank_logging(rank)
-    return Dist(rank, world, owns), device
+    return Dist(rank, world, owns, grouped=True), device
+
+
+def backend(d: Dist) -> str | None:
+    """The process group's backend (gloo, nccl), or None without one."""
+    return dist.get_backend() if d.active else None
 
 
 def is_main_process() -> bool:

@@ -35,12 +35,11 @@ def masked_loss_eval(
     device = model_device(model)
     total, count = 0.0, 0
     for i in range(n_batches):
-        tokens, mask = task.batch(split, seed, 0, i, batch_size)
-        tokens, mask = tokens.to(device), mask.to(device)
+        ids, targets, mask, docs = task.batch(split, seed, 0, i, batch_size).to(device).model_inputs()
         with autocast_context(device, precision):
-            loss_sum = model.loss(tokens[:, :-1], tokens[:, 1:], mask[:, 1:], normaliser=1.0)
+            loss_sum = model.loss(ids, targets, mask, normaliser=1.0, doc_ids=docs)
         total += float(loss_sum)
-        count += int(mask[:, 1:].sum())
+        count += int(mask.sum())
     model.train(was_training)
     loss = total / max(count, 1)
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": count}

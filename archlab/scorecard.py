@@ -65,10 +65,10 @@ def merge_model(base: dict[str, Any], arch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def cell_tree(arch: Arch, task: str, budget: TaskBudget) -> dict[str, Any]:
-    """The resolved config of one cell (LR and seed are set per run): recipe + budget overrides + architecture,
-    with ``train.steps = tokens // (batch_size * seq_len)``."""
-    tree = apply_overrides(yaml.safe_load((CONFIGS / budget.recipe).read_text()), list(budget.overrides))
+def cell_tree(arch: Arch, task: str, budget: TaskBudget, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The resolved config of one cell (LR and seed are set per run): recipe + budget overrides + the caller's
+    overrides (e.g. ``data.doc_mask=true``) + architecture, with ``train.steps = tokens // (batch_size * seq_len)``."""
+    tree = apply_overrides(yaml.safe_load((CONFIGS / budget.recipe).read_text()), [*budget.overrides, *overrides])
     tree["model"] = merge_model(tree.get("model", {}), arch.model)
     cfg = build_config(tree)
     if arch.rope_fraction is not None:
@@ -107,9 +107,10 @@ def flops_per_token(tree: dict[str, Any]) -> float:
     return float(model.flops_per_token(cfg.train.seq_len))
 
 
-def plan(archs: list[Arch], budget: str, tasks: list[str], out: Path) -> list[tuple[Cell, Path]]:
+def plan(archs: list[Arch], budget: str, tasks: list[str], out: Path, overrides: tuple[str, ...] = ()) -> list[tuple[Cell, Path]]:
     """Validate every cell and write its ``cell.yaml`` / ``cell.json``; refuses to reuse a cell directory made
-    with a different recipe. Ordered task-major, so a cut-short scorecard has whole task columns."""
+    with a different recipe. Ordered task-major, so a cut-short scorecard has whole task columns. ``overrides``
+    (dotted ``key=value``) apply to every cell, e.g. ``data.doc_mask=true``."""
     if budget not in BUDGETS:
         raise ConfigError(f"unknown budget {budget!r}; known: {', '.join(BUDGETS)}")
     bad = [t for t in tasks if t not in TASKS]
@@ -124,7 +125,7 @@ def plan(archs: list[Arch], budget: str, tasks: list[str], out: Path) -> list[tu
         b = BUDGETS[budget][task]
         for arch in archs:
             try:
-                tree = cell_tree(arch, task, b)
+                tree = cell_tree(arch, task, b, tuple(overrides))
             except ConfigError as err:
                 raise ConfigError(f"{arch.name} x {task}: {err}") from None
             headline, columns = cell_columns(task, tree["data"])
@@ -167,7 +168,8 @@ def run_scorecard(cells: list[tuple[Cell, Path]], jobs: int, on_done: OnDone | N
     for cell, cell_dir in cells:
         label = f"{cell.arch} x {cell.task}"
         report = (lambda spec, row, i, n, label=label: on_done(label, spec, row)) if on_done else None
-        rows += run_sweep(cell_dir, cell_dir / CELL_YAML, [], {LR_KEY: cell.lrs}, cell.seeds, jobs, on_done=report)
+        rows += run_sweep(cell_dir, cell_dir / CELL_YAML, [], {LR_KEY: cell.lrs}, cell.seeds, jobs, on_done=report,
+                          label=f"{cell_dir.resolve().parent.parent.name}/{cell.arch}/{cell.task}")  # run groups OUT/ARCH/TASK/lr=...
     return rows
 
 

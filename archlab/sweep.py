@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from archlab.config import ConfigError, load_config, parse_value
+from archlab.tracking import require_loggers
 
 SWEEP_FILE, DB_FILE, COMMANDS_FILE = "sweep.json", "results.sqlite", "commands.sh"
 BACKENDS = ("local", "ray")
@@ -57,16 +58,23 @@ class RunSpec:
     params: dict[str, Any]  # swept key -> value, incl. "seed"
     overrides: tuple[str, ...]
 
+    @property
+    def arm(self) -> str:
+        """The name without the seed ('' for a grid of seeds only): the runs of one arm differ only in their seed."""
+        return run_name({k: v for k, v in self.params.items() if k != "seed"})
+
 
 @dataclass
 class SweepPlan:
-    """What to sweep: a recipe (optional), fixed overrides, a grid, seeds; ``report`` holds report options."""
+    """What to sweep: a recipe (optional), fixed overrides, a grid, seeds; ``report`` holds report options;
+    ``label`` names the sweep in run groups (None: the sweep directory's name)."""
 
     base: Path | None = None
     overrides: list[str] = field(default_factory=list)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     seeds: int = 1
     report: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
 
     def specs(self) -> list[RunSpec]:
         return expand(self.grid, self.seeds)
@@ -144,16 +152,20 @@ def _slug(value: Any) -> str:
     return "".join(c if c.isalnum() or c in ".-+" else "_" for c in text)
 
 
+def run_name(params: dict[str, Any]) -> str:
+    """{'optim.lr': 0.003, 'model.canon': 'ABCD', 'seed': 1} -> 'lr=0.003_canon=ABCD_seed=1'."""
+    return "_".join(f"{k.split('.')[-1]}={_slug(v)}" for k, v in params.items())
+
+
 def expand(grid: dict[str, list[Any]], seeds: int) -> list[RunSpec]:
-    """Cartesian product of the grid x seeds 0..seeds-1, with readable run names."""
+    """Cartesian product of the grid x seeds 0..seeds-1, with readable run names (seed last: an arm's runs sort together)."""
     keys = list(grid)
     specs = []
     for combo in itertools.product(*(grid[k] for k in keys)):
         for seed in range(seeds):
             params = {**dict(zip(keys, combo)), "seed": seed}
-            name = "_".join(f"{k.split('.')[-1]}={_slug(v)}" for k, v in params.items())
             overrides = tuple(f"{k}={'' if v is None else v}" for k, v in params.items())
-            specs.append(RunSpec(name, params, overrides))
+            specs.append(RunSpec(run_name(params), params, overrides))
     return specs
 
 
@@ -186,8 +198,9 @@ def train_command(spec: RunSpec, plan: SweepPlan, sweep_dir: Path, threads: int,
     """The command line that trains one run: ``python -m archlab.cli train ...`` or, with nproc > 1,
     ``torchrun --standalone --nproc_per_node=N -m archlab.cli train ...``."""
     launcher = [sys.executable, "-m"] if nproc == 1 else ["torchrun", "--standalone", f"--nproc_per_node={nproc}", "-m"]
-    return [*launcher, "archlab.cli", "train", *([str(plan.base)] if plan.base else []), *plan.overrides,
-            *spec.overrides, f"train.threads={threads}", f"name={spec.name}", f"out_dir={sweep_dir}"]
+    group = "/".join(p for p in (plan.label or sweep_dir.resolve().name, spec.arm) if p)  # W&B / TensorBoard run group
+    return [*launcher, "archlab.cli", "train", *([str(plan.base)] if plan.base else []), f"train.group={json.dumps(group)}",
+            *plan.overrides, *spec.overrides, f"train.threads={threads}", f"name={spec.name}", f"out_dir={sweep_dir}"]
 
 
 def collect_row(spec: RunSpec, plan: SweepPlan, sweep_dir: Path, returncode: int | None = 0,
@@ -279,6 +292,8 @@ def run_plan(
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r}: choose one of {list(BACKENDS)}")
     specs = prepare(sweep_dir, plan)
+    if backend == "local":  # the child processes have this interpreter's packages: a missing tracker fails here, once
+        require_loggers(sorted({name for spec in specs for name in plan.config(spec).train.loggers}))
     db = open_db(sweep_dir)
     todo = [s for s in specs if s.name not in finished_runs(db)]
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
@@ -295,9 +310,9 @@ def run_plan(
 
 def run_sweep(sweep_dir: Path, base: Path | None, overrides: list[str], grid: dict[str, list[Any]], seeds: int,
               jobs: int, on_done: Callable[[RunSpec, dict[str, Any], int, int], None] | None = None,
-              backend: str = "local") -> list[dict[str, Any]]:
+              backend: str = "local", label: str | None = None) -> list[dict[str, Any]]:
     """``run_plan`` with the plan given as its parts."""
-    return run_plan(sweep_dir, SweepPlan(base, overrides, grid, seeds), jobs, backend, on_done)
+    return run_plan(sweep_dir, SweepPlan(base, overrides, grid, seeds, label=label), jobs, backend, on_done)
 
 
 def emit_commands(sweep_dir: Path, plan: SweepPlan, nproc: int = 1, threads: int = 1) -> list[str]:

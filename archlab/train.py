@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,10 @@ from archlab.checkpoint import (
     write_json_atomic,
     write_text_atomic,
 )
-from archlab.config import RunConfig
+from archlab.config import RunConfig, flatten
 from archlab.distributed import (
     Dist,
+    backend,
     barrier,
     close_distributed,
     global_mean,
@@ -53,6 +53,7 @@ from archlab.optim import build_optimizers, lr_factor
 from archlab.runinfo import run_info
 from archlab.tasks import build_task
 from archlab.tasks.base import Task
+from archlab.tracking import METRICS_FILE, Loggers, open_loggers, require_loggers
 
 log = logging.getLogger("archlab.train")
 
@@ -97,7 +98,8 @@ def build_model(cfg: RunConfig, task: Task) -> tuple[LM, RunConfig]:
 
 
 # Settings that may change between a run and its resumption without changing what is computed.
-RESUME_FREE_KEYS = {"out_dir": None, "name": None, "train": ("steps", "threads", "log_every", "ckpt_every", "keep_last", "parallel", "nonfinite", "max_skipped_steps", "compile")}
+RESUME_FREE_KEYS = {"out_dir": None, "name": None, "train": ("steps", "threads", "log_every", "ckpt_every", "keep_last", "parallel", "nonfinite", "max_skipped_steps", "compile",
+                                                              "loggers", "group", "wandb")}
 
 
 def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
@@ -111,20 +113,9 @@ def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
-    flat: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            flat.update(_flat(v, f"{prefix}{k}."))
-        else:
-            flat[f"{prefix}{k}"] = v
-    return flat
-
-
 def config_diff(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """'key: saved -> now' for every setting that changes the computation."""
-    a, b = _flat(_comparable(saved)), _flat(_comparable(now))
+    a, b = flatten(_comparable(saved)), flatten(_comparable(now))
     return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in sorted(set(a) | set(b)) if k not in a or k not in b or a[k] != b[k]]
 
 
@@ -161,7 +152,7 @@ def train(
     ``stop_after`` ends the process's work after that many total steps (checkpointing there), as if killed.
     Under torchrun, every process calls this; see archlab/distributed.py.
     """
-    d, device = init_distributed(resolve_device(cfg.train.device))
+    d, device = init_distributed(resolve_device(cfg.train.device), cfg.train.parallel)
     try:
         return _train(cfg, run_dir, resume, progress if d.is_main else None, stop_after, d, device)
     finally:
@@ -178,6 +169,7 @@ def _train(cfg: RunConfig, run_dir: str | Path | None, resume: str, progress: Pr
         torch.set_num_threads(tc.threads)
     if tc.deterministic:
         torch.use_deterministic_algorithms(True)
+    require_loggers(tc.loggers)  # a missing tracker package stops the run before any work
 
     # ---- data and model
     task = build_task(cfg.data, tc.seq_len)
@@ -221,14 +213,13 @@ def _train(cfg: RunConfig, run_dir: str | Path | None, resume: str, progress: Pr
             log.info("resumed from %s (step %d)", ckpt.path, start_step)
     if start_step == 0 and cfg.model.init_from:  # start from given weights (e.g. `archlab retrofit` output)
         load_model_weights(model, Path(cfg.model.init_from))
-    metrics_path = run_dir / "metrics.jsonl"
     barrier(d)  # every rank has read the run directory before rank 0 writes into it
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_json_atomic(run_dir / "run.json", run_info(device, {"n_params": model.num_params(), "resumed_from_step": start_step,
-                                                                  "optimizer_groups": opt.summary, "world_size": d.world}))
-        truncate_metrics(metrics_path, start_step)
+                                                                  "optimizer_groups": opt.summary, "world_size": d.world,
+                                                                  "process_group": backend(d)}))
 
     # ---- loop
     rows = rank_rows(tc.batch_size, d)  # this rank's rows of the global batch
@@ -241,21 +232,22 @@ def _train(cfg: RunConfig, run_dir: str | Path | None, resume: str, progress: Pr
     model.train()
     norm_stats = NormStats(model) if tc.log_norms else None
     loss_value, record = float("nan"), {}
-    with open(metrics_path if d.is_main else os.devnull, "a") as metrics_file:
+    with (open_loggers(cfg, run_dir, start_step) if d.is_main else Loggers()) as loggers:  # metrics.jsonl + train.loggers
         for step in range(start_step, end_step):
             t0 = time.perf_counter()
             lr_mult = lr_factor(step, tc.steps, cfg.optim)
             opt.set_lr(lr_mult)
-            tokens, mask = task.batch("train", cfg.seed, 0, step, tc.batch_size)
-            normaliser = mask[:, 1:].sum().clamp_min(1).to(device) / d.world  # DDP / FSDP average gradients over ranks
-            tokens, mask = tokens[rows].to(device), mask[rows].to(device)
+            batch = task.batch("train", cfg.seed, 0, step, tc.batch_size)
+            normaliser = batch.loss_mask[:, 1:].sum().clamp_min(1).to(device) / d.world  # DDP / FSDP average gradients over ranks
+            batch = batch.rows(rows).to(device)
             loss_sum = torch.zeros((), device=device)
             draws: list[dict[str, Any]] = []  # per-micro-batch model arguments, a pure function of (seed, step, i)
             for i in range(tc.grad_accum):
-                tk, mk = tokens[i * micro : (i + 1) * micro], mask[i * micro : (i + 1) * micro]
+                ids, targets, mk, docs = batch.rows(slice(i * micro, (i + 1) * micro)).model_inputs()
                 draws.append(model.micro_batch_args(cfg.seed, step, i, tc.steps) if hasattr(model, "micro_batch_args") else {})
+                doc_arg = {} if docs is None else {"doc_ids": docs}  # unmasked runs call the model exactly as before
                 with autocast_context(device, tc.precision):
-                    loss = loss_fn(tk[:, :-1], tk[:, 1:], mk[:, 1:], normaliser, **draws[-1])
+                    loss = loss_fn(ids, targets, mk, normaliser, **doc_arg, **draws[-1])
                 loss.backward()
                 loss_sum += loss.detach()
             loss_value = float(global_mean(loss_sum, d))
@@ -280,8 +272,7 @@ def _train(cfg: RunConfig, run_dir: str | Path | None, resume: str, progress: Pr
                 if tc.eval_task and type(task).evaluate is not Task.evaluate:  # e.g. when each hop is acquired
                     record["task"] = task.evaluate(model, cfg.seed, tc.eval_batches, eval_bs)
             if done % tc.log_every == 0 or done == end_step or "val_loss" in record:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
+                loggers.log(done, record)
             if progress:
                 progress.update(done, record)
             if (tc.ckpt_every and done % tc.ckpt_every == 0) or done == end_step:
@@ -290,33 +281,20 @@ def _train(cfg: RunConfig, run_dir: str | Path | None, resume: str, progress: Pr
                     save_sharded(run_dir, done, model, opt.optimizers, extra, tc.keep_last, d)
                 else:
                     save_checkpoint(run_dir, done, model, opt.state_dict(), extra, tc.keep_last)
-    if progress:
-        progress.close()
+        if progress:
+            progress.close()
 
-    # ---- final evaluation
-    eval_metrics: dict[str, Any] = {}
-    if end_step == tc.steps:
-        eval_metrics = masked_loss_eval(model, task, "val", cfg.seed, tc.eval_batches, eval_bs, tc.precision)
-        eval_metrics.update(task.evaluate(model, cfg.seed, tc.eval_batches, eval_bs) if type(task).evaluate is not Task.evaluate else {})
-        if d.is_main:
-            write_json_atomic(run_dir / "eval.json", eval_metrics)
+        # ---- final evaluation
+        eval_metrics: dict[str, Any] = {}
+        if end_step == tc.steps:
+            eval_metrics = masked_loss_eval(model, task, "val", cfg.seed, tc.eval_batches, eval_bs, tc.precision)
+            eval_metrics.update(task.evaluate(model, cfg.seed, tc.eval_batches, eval_bs) if type(task).evaluate is not Task.evaluate else {})
+            if d.is_main:
+                write_json_atomic(run_dir / "eval.json", eval_metrics)
+            loggers.log_eval(end_step, eval_metrics)
     return TrainResult(run_dir, end_step, loss_value, eval_metrics, time.time() - t_start, end_step * tokens_per_step)
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past ``step`` (left by a run killed after its last checkpoint)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
-            continue
-    write_text_atomic(path, "".join(line + "\n" for line in keep))  # a kill here must not lose the kept lines
-
-
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS_FILE
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]

@@ -41,6 +41,24 @@ def interleaved_times(fns: dict[str, Callable[[], object]], warmup: int, reps: i
     return times
 
 
+def sync(device: object) -> None:
+    """Wait for the kernels queued on ``device`` (CUDA runs them asynchronously), so a timer measures the work."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synced(fn: Callable[[], object], device: object) -> Callable[[], None]:
+    """``fn`` followed by :func:`sync`: a function that :func:`time_interleaved` can time on any device."""
+
+    def call() -> None:
+        fn()
+        sync(device)
+
+    return call
+
+
 def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int, reps: int) -> dict[str, float]:
     """Median seconds per call of each function, timed by :func:`interleaved_times`."""
     return {name: statistics.median(ts) for name, ts in interleaved_times(fns, warmup, reps).items()}
@@ -113,3 +131,26 @@ def peak_growth_mib(step: Callable[[], object]) -> float:
         f.write("5")  # reset VmHWM to the current RSS
     step()
     return rss_mib()[1] - before
+
+
+def cuda_peak_growth_mib(step: Callable[[], object], device: object) -> float:
+    """MiB of peak CUDA memory allocated during one call of ``step`` above what was allocated before it (call
+    it once before, as a warm-up): activations, gradients and temporaries, as :func:`peak_growth_mib` on CPU."""
+    import torch
+
+    step()
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def step_peak_mib(step: Callable[[], object], device: object) -> float:
+    """Peak memory growth of one call of ``step`` on ``device``: CUDA allocator statistics, or RSS on CPU."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return cuda_peak_growth_mib(step, device)
+    return peak_growth_mib(step)

@@ -35,7 +35,7 @@ import torch
 from archlab.config import ModelConfig
 from archlab.model.mixers.attention import grow_rotary_tables
 from archlab.model.mixers import build_mixer
-from common import markdown_table, meta, peak_growth_mib, write_result
+from common import markdown_table, meta, peak_growth_mib, sync, write_result
 
 MIXERS = {
     "attention": ({"name": "attention", "n_heads": 4}, ""),
@@ -46,10 +46,16 @@ MIXERS = {
 
 
 COMPILED = "+compile"
+FLA = "+fla"  # the linear mixers with mixer.backend=fla (Triton kernels; CUDA only)
 
 
 def build(name: str, d: int, seq_len: int = 0) -> torch.nn.Module:
-    """The mixer ``name`` (``NAME+compile``: compiled with static shapes for sequences of ``seq_len``)."""
+    """The mixer ``name`` (``NAME+compile``: compiled with static shapes for sequences of ``seq_len``;
+    ``NAME+fla``: the same weights with fla's kernels)."""
+    if name.endswith(FLA):
+        m = build(name.removesuffix(FLA), d)
+        m.cfg.backend = "fla"
+        return m
     if name.endswith(COMPILED):
         m = build(name.removesuffix(COMPILED), d)
         grow_rotary_tables(m, seq_len)
@@ -69,15 +75,17 @@ def train_step(m: torch.nn.Module, x: torch.Tensor, precision: str = "fp32") -> 
     x.grad = None
 
 
-def time_training(names: list[str], B: int, T: int, d: int, reps: int, precision: str) -> dict[str, float]:
+def time_training(names: list[str], B: int, T: int, d: int, reps: int, precision: str,
+                  device: str = "cpu") -> dict[str, float]:
     """tokens/s of the best step per mixer; the mixers alternate step by step."""
-    mixers = {n: build(n, d, T) for n in names}
-    x = torch.randn(B, T, d, requires_grad=True)
+    mixers = {n: build(n, d, T).to(device) for n in names}
+    x = torch.randn(B, T, d, device=device, requires_grad=True)
     best = {n: float("inf") for n in names}
     for rep in range(reps + 1):
         for n, m in mixers.items():
             t0 = time.perf_counter()
             train_step(m, x, precision)
+            sync(device)
             if rep:  # rep 0 is the warm-up
                 best[n] = min(best[n], time.perf_counter() - t0)
     return {n: B * T / t for n, t in best.items()}

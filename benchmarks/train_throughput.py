@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
 from archlab import hf_llama
 from archlab.config import ModelConfig
+from archlab.evaluate import autocast_context
 from archlab.model.compile import compile_blocks
 from archlab.model.lm import LM
 from common import markdown_table, meta, time_interleaved, write_result
@@ -39,20 +39,22 @@ SIZES = {  # 128: a small size for quick checks; 256 and 512: the issue's shapes
 VOCAB = 256
 
 
-def make_models(d: int, layers: int) -> tuple[LM, torch.nn.Module, LM]:
-    """archlab LM, the same weights as transformers' Llama, and archlab with Canon-ABCD."""
+def make_models(d: int, layers: int, with_hf: bool = True) -> tuple[LM, torch.nn.Module | None, LM]:
+    """archlab LM, the same weights as transformers' Llama (None without ``with_hf``), and archlab with
+    Canon-ABCD; built on the current default device (``with torch.device("cuda"): ...``)."""
     cfg = ModelConfig(vocab_size=VOCAB, d_model=d, n_layers=layers, mixer={"name": "attention", "n_heads": d // 64})
     ours = LM(cfg)
-    hf = hf_llama.to_llama(ours)
-    hf.config._attn_implementation = "sdpa"
+    hf = hf_llama.to_llama(ours) if with_hf else None
+    if hf is not None:
+        hf.config._attn_implementation = "sdpa"
     return ours, hf, LM(cfg.model_copy(update={"canon": "ABCD"}))
 
 
 def step_fn(model: torch.nn.Module, is_hf: bool, opt: torch.optim.Optimizer, ids: torch.Tensor, precision: str):
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    """One training step (forward, backward, AdamW) of ``model`` on ``ids`` [B, T + 1], on ids' device."""
 
     def step() -> None:
-        with ctx:
+        with autocast_context(ids.device, precision):
             if is_hf:
                 logits = model(input_ids=ids[:, :-1]).logits
                 loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())

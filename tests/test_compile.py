@@ -16,9 +16,13 @@ TINY = ["model.d_model=32", "model.n_layers=2", "model.mixer.n_heads=2", "model.
 
 
 @needs_compiler
-def test_compiled_training_matches_eager(tmp_path):
+@pytest.mark.parametrize("data", [[], ["data.name=depo", "data.n_max=6", "data.k_max=2", "data.name_max_len=1", "data.n_queries=4",
+                                      "data.doc_mask=true"]],
+                         ids=["text", "depo-doc-mask"])
+def test_compiled_training_matches_eager(tmp_path, data):
     torch._dynamo.reset()
-    runs = {c: train(load_config(None, TINY + [f"out_dir={tmp_path}", f"name=compile-{c}", f"train.compile={c}"])) for c in ("false", "true")}
+    runs = {c: train(load_config(None, TINY + data + [f"out_dir={tmp_path}", f"name=compile-{c}", f"train.compile={c}"]))
+            for c in ("false", "true")}
     eager, compiled = ([m["loss"] for m in read_metrics(runs[c].run_dir)] for c in ("false", "true"))
     assert len(eager) == 3 and max(abs(a - b) for a, b in zip(eager, compiled)) < 1e-5
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the compiled path really ran

@@ -6,13 +6,17 @@ float32 reductions in the gradient all-reduce / reduce-scatter).
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
 
-from archlab.distributed import Dist, rank_rows
+from archlab.distributed import Dist, backend, close_distributed, init_distributed, rank_rows, wrap_model
 from archlab.train import read_metrics, train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -27,14 +31,16 @@ def losses(run_dir: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    """One torchrun launch: DDP for 4 steps; FSDP2 stopped after 2 steps (a DCP checkpoint from 2 processes)."""
+    """One torchrun launch: DDP for 4 steps; FSDP2 stopped after 2 steps (a DCP checkpoint from 2 processes);
+    DDP on DEPO with document masking."""
     out = tmp_path_factory.mktemp("dist")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(Path(__file__).parent / "dist_worker.py"), str(out), "ddp:ddp:", "fsdp:fsdp:2"]
+           str(Path(__file__).parent / "dist_worker.py"), str(out), "ddp:ddp:", "fsdp:fsdp:2", "ddp-docs:ddp::docs"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     train(config(str(out), "single", "none"))
+    train(config(str(out), "single-docs", "none", "docs"))
     return out
 
 
@@ -43,6 +49,11 @@ def test_ddp_two_processes_equal_one(runs):
     assert len(single) == len(ddp) == 4
     assert max(abs(a - b) for a, b in zip(single, ddp)) < TOL, (single, ddp)
     assert single[-1] < single[0]
+
+
+def test_ddp_with_document_masking_equals_one_process(runs):
+    single, ddp = losses(runs / "single-docs"), losses(runs / "ddp-docs")
+    assert len(single) == len(ddp) == 4 and max(abs(a - b) for a, b in zip(single, ddp)) < TOL, (single, ddp)
 
 
 def test_fsdp_two_processes_then_resume_on_one_from_dcp(runs):
@@ -62,3 +73,23 @@ def test_rank_rows_split_the_global_batch():
     assert [rank_rows(8, Dist(r, 2)) for r in range(2)] == [slice(0, 4), slice(4, 8)]
     with pytest.raises(ValueError, match="batch_size=6 is not divisible by the 4 processes"):
         rank_rows(6, Dist(0, 4))
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "none"])
+def test_one_process_torchrun_job_gets_a_group_only_when_it_asks_for_ddp_or_fsdp(parallel, monkeypatch):
+    """torchrun --nproc_per_node=1 with train.parallel=ddp runs the wrapped (DDP) code on a real group, so a
+    single GPU exercises nccl; with parallel=none the job stays a plain process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    d, device = init_distributed(torch.device("cpu"), parallel)
+    try:
+        assert (d.world, d.active, dist.is_initialized()) == (1, parallel == "ddp", parallel == "ddp")
+        assert backend(d) == ("gloo" if parallel == "ddp" else None)
+        wrapped = wrap_model(nn.Linear(2, 2), parallel, d, device)
+        assert isinstance(wrapped, nn.parallel.DistributedDataParallel) == (parallel == "ddp")
+    finally:
+        close_distributed(d)
+    assert not dist.is_initialized()

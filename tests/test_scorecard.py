@@ -4,6 +4,7 @@ import json
 import sqlite3
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from archlab.cli import app
@@ -108,6 +109,8 @@ def test_end_to_end_resumes(tmp_path, monkeypatch):
     second = run_scorecard(again, jobs=2)  # the finished cell is skipped
     assert sorted(r["name"] for r in second) == ["lr=0.003_seed=0", "lr=0.003_seed=1"]
     assert all(r["status"] == "done" and r["tokens"] == 256 for r in second), [r["error"] for r in second]
+    groups = [yaml.safe_load((out / "rope-canon" / "mano" / r["name"] / "config.yaml").read_text())["train"]["group"] for r in second]
+    assert groups == ["sc/rope-canon/mano/lr=0.003"] * 2  # the seeds of a cell's LR: one W&B / TensorBoard group
     assert run_scorecard(again, jobs=2) == []
     path = write_report(out, "test")
     md = path.read_text()
@@ -126,3 +129,11 @@ def test_end_to_end_resumes(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="different recipe"):
         monkeypatch.setitem(BUDGETS["test"], "mano", TaskBudget("mano_tiny.yaml", 3 * 4 * 32, (3e-3,), 2, small))
         plan([PAPER_4_1["rope-canon"]], "test", ["mano"], out)
+
+
+def test_overrides_reach_every_cell(tmp_path):
+    cells = plan([PAPER_4_1["nope-canon"]], "tiny", ["depo", "lano"], tmp_path, ("data.doc_mask=true",))
+    for _, cell_dir in cells:
+        assert yaml.safe_load((cell_dir / "cell.yaml").read_text())["data"]["doc_mask"] is True
+    with pytest.raises(ConfigError, match="different recipe"):
+        plan([PAPER_4_1["nope-canon"]], "tiny", ["depo"], tmp_path)

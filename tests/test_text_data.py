@@ -89,9 +89,13 @@ def test_text_task_on_prepared_dataset_and_default(corpus_dir, tmp_path):
     root, saved = corpus_dir
     prepare(iter_documents([str(root), str(saved)], "*"), ByteTokenizer(), tmp_path / "ds", val_fraction=0.1)
     task = build_task(load_config(None, [f"data.dataset={tmp_path / 'ds'}", "train.seq_len=16"]).data, 16)
-    tokens, mask = task.batch("train", 0, 0, 5, 4)
+    tokens, mask, _ = task.batch("train", 0, 0, 5, 4)
     assert tokens.shape == (4, 17) and tokens.dtype == torch.int64 and mask.all() and task.vocab_size == 257
     assert torch.equal(tokens, task.batch("train", 0, 0, 5, 4)[0])
+    masked = build_task(load_config(None, [f"data.dataset={tmp_path / 'ds'}", "data.doc_mask=true"]).data, 16)
+    docs = masked.batch("train", 0, 0, 5, 4).doc_ids  # a new document right after every EOS
+    ends = (tokens == 256).long()
+    assert ends.sum() > 0 and torch.equal(docs[:, 1:] - docs[:, :-1], ends[:, :-1]) and (docs[:, 0] == 0).all()
     default = build_task(load_config(None, []).data, 64)  # Python stdlib sources, byte-level
     assert default.vocab_size == 257 and default.decode(default.encode("def f(): ✓")) == "def f(): ✓"
     ByteTokenizer().save(tmp_path / "tok")  # an HF tokenizer directory, tokenising the sources in memory

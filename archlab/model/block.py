@@ -18,6 +18,7 @@ from archlab.model.residual import make_residual
 
 if TYPE_CHECKING:
     from archlab.config import ModelConfig
+    from archlab.model.documents import Documents
 
 
 class Block(nn.Module):
@@ -35,16 +36,17 @@ class Block(nn.Module):
             self.mlp_residual.scale_init(self.mlp)
         self.mixer_residual.scale_init(self.mixer)  # init hook of the residual style (DeepNorm's beta)
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        """x: [B, T, D]. ``cache`` (decoding only) holds this block's Canon and mixer states."""
+    def forward(self, x: torch.Tensor, cache: dict | None = None, docs: "Documents | None" = None) -> torch.Tensor:
+        """x: [B, T, D]. ``cache`` (decoding only) holds this block's Canon and mixer states; ``docs`` masks
+        documents of a packed window (training and evaluation)."""
         if self.embed_norm is not None:  # block 0 only, with model.embed_norm
             x = self.embed_norm(x)
-        x = self.mixer_residual(x, lambda h: self._mix(h, cache))
+        x = self.mixer_residual(x, lambda h: self._mix(h, cache, docs))
         if self.has_mlp:
-            x = self.mlp_residual(x, lambda h: self.mlp(apply_canon(self.canon_c, h, cache, "canon_c"), cache))
+            x = self.mlp_residual(x, lambda h: self.mlp(apply_canon(self.canon_c, h, cache, "canon_c", docs), cache, docs))
         return x
 
-    def _mix(self, h: torch.Tensor, cache: dict | None) -> torch.Tensor:
-        h = apply_canon(self.canon_a, h, cache, "canon_a")
-        y, _ = self.mixer(h, None if cache is None else cache.setdefault("mixer", {}))
+    def _mix(self, h: torch.Tensor, cache: dict | None, docs: "Documents | None") -> torch.Tensor:
+        h = apply_canon(self.canon_a, h, cache, "canon_a", docs)
+        y, _ = self.mixer(h, None if cache is None else cache.setdefault("mixer", {}), docs)
         return y

@@ -8,15 +8,23 @@ the current token, tap 0 the token K-1 steps back.
 Decoding: the state is the last K inputs ``[B, K, C]`` (zero-padded at the start). Unlike the reference HF
 code, a multi-token forward with an existing state uses that history, so chunked prefill equals the full
 forward.
+
+Document masking (:mod:`archlab.model.documents`): a tap that would reach into the previous document reads
+zero instead, exactly as if each document were convolved alone with its own zero padding.
 """
 
 from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from archlab.model.documents import Documents
 
 Cache = dict[str, torch.Tensor]
 
@@ -34,9 +42,12 @@ class Canon(nn.Module):
         bound = 1.0 / math.sqrt(self.kernel)  # kaiming_uniform(a=sqrt(5)) with fan_in = K
         nn.init.uniform_(self.weight, -bound, bound)
 
-    def forward(self, x: torch.Tensor, cache: Cache | None = None, key: str = "canon") -> torch.Tensor:
-        """x: [B, T, C] -> [B, T, C]. With a cache, reads and updates ``cache[key]`` ([B, K, C], last K inputs)."""
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, key: str = "canon", docs: "Documents | None" = None) -> torch.Tensor:
+        """x: [B, T, C] -> [B, T, C]. With a cache, reads and updates ``cache[key]`` ([B, K, C], last K inputs);
+        with ``docs``, no tap crosses a document boundary."""
         k, T = self.kernel, x.shape[1]
+        if docs is not None and cache is not None:
+            raise ValueError("document masking applies to training / evaluation forwards, not to decoding with a cache")
         if cache is None:
             padded = F.pad(x, (0, 0, k - 1, 0))  # [B, K-1+T, C], zeros before the start
         else:
@@ -50,8 +61,9 @@ class Canon(nn.Module):
         if self.residual and not self.activation:  # x + conv(x) = conv with 1 added to the current tap
             taps = torch.cat([taps[:-1], taps[-1:] + 1])
         acc = torch.promote_types(x.dtype, torch.float32)  # fp32 math under bf16 training (fp64 stays)
+        masks = None if docs is None or docs.single else docs.conv_masks(k, acc)  # [K-1, B, T, 1]
         conv = causal_depthwise_conv if torch.compiler.is_compiling() else CausalDepthwiseConv.apply
-        y = conv(padded.to(acc), taps.to(acc)).to(x.dtype)
+        y = conv(padded.to(acc), taps.to(acc), masks).to(x.dtype)
         if self.activation:
             y = F.silu(y)
         return x + y if self.residual and self.activation else y
@@ -60,11 +72,12 @@ class Canon(nn.Module):
         return f"dim={self.dim}, kernel={self.kernel}, residual={self.residual}, activation={self.activation}"
 
 
-def causal_depthwise_conv(p: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """y_t = sum_k taps_k * p_{t+k}: p [B, K-1+T, C] (left-padded), taps [K, C] -> y [B, T, C]. The form for
-    torch.compile, which fuses the K shifted products (and their autograd backward) into one loop."""
+def causal_depthwise_conv(p: torch.Tensor, taps: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+    """y_t = sum_k taps_k * p_{t+k} (* masks_k): p [B, K-1+T, C] (left-padded), taps [K, C], masks [K-1, B, T, 1]
+    or None -> y [B, T, C]. The form for torch.compile, which fuses the K shifted products (and their autograd
+    backward) into one loop."""
     K, T = taps.shape[0], p.shape[1] - taps.shape[0] + 1
-    return sum(p[:, k : k + T] * taps[k] for k in range(K))
+    return sum(p[:, k : k + T] * taps[k] * (masks[k] if masks is not None and k < K - 1 else 1) for k in range(K))
 
 
 class CausalDepthwiseConv(torch.autograd.Function):
@@ -73,27 +86,39 @@ class CausalDepthwiseConv(torch.autograd.Function):
     K shifted multiply-adds forward and backward instead of F.conv1d: on CPU this is ~3x faster than the
     depthwise conv1d (whose [B, C, T] layout also costs a transpose copy each way), and the kernel-gradient
     is K fused multiply-reductions over B*T.
+
+    With document masks m [K-1, B, T, 1] (tap k < K-1 counts only where m_k = 1; m_k implies m_{k+1}), the
+    forward is Horner's scheme y = ((p_0 w_0 · m_0 + p_1 w_1) · m_1 + ...) · m_{K-2} + p_{K-1} w_{K-1}:
+    one in-place multiply per tap more.
     """
 
     @staticmethod
-    def forward(ctx, p: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, p: torch.Tensor, taps: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         K, T = taps.shape[0], p.shape[1] - taps.shape[0] + 1
-        ctx.save_for_backward(p, taps)
-        y = p[:, K - 1 :] * taps[K - 1]
-        for k in range(K - 1):
-            y.addcmul_(p[:, k : k + T], taps[k])
+        ctx.save_for_backward(p, taps, masks)
+        if masks is None:
+            y = p[:, K - 1 :] * taps[K - 1]
+            for k in range(K - 1):
+                y.addcmul_(p[:, k : k + T], taps[k])
+            return y
+        y = p[:, :T] * taps[0]
+        for k in range(1, K):
+            y.mul_(masks[k - 1]).addcmul_(p[:, k : k + T], taps[k])
         return y
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # g: [B, T, C]
-        p, taps = ctx.saved_tensors
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:  # g: [B, T, C]
+        p, taps, masks = ctx.saved_tensors
         K, T = taps.shape[0], g.shape[1]
         gp = torch.zeros_like(p)
         gtaps = torch.empty_like(taps)
-        for k in range(K):
-            gp[:, k : k + T].addcmul_(g, taps[k])
-            gtaps[k] = (g * p[:, k : k + T]).sum((0, 1))
-        return gp, gtaps
+        gk = g if masks is None else g.clone()  # masked: g ⊙ m_k for k = K-1, K-2, .. (m_k ⊆ m_{k+1}: in place)
+        for k in range(K) if masks is None else reversed(range(K)):
+            if masks is not None and k < K - 1:
+                gk.mul_(masks[k])
+            gp[:, k : k + T].addcmul_(gk, taps[k])
+            gtaps[k] = (gk * p[:, k : k + T]).sum((0, 1))
+        return gp, gtaps, None
 
 
 def maybe_canon(letter: str, dim: int, cfg) -> Canon | None:
@@ -103,5 +128,5 @@ def maybe_canon(letter: str, dim: int, cfg) -> Canon | None:
     return Canon(dim, cfg.canon_kernel, cfg.canon_residual, cfg.canon_activation)
 
 
-def apply_canon(canon: Canon | None, x: torch.Tensor, cache: Cache | None, key: str) -> torch.Tensor:
-    return x if canon is None else canon(x, cache, key)
+def apply_canon(canon: Canon | None, x: torch.Tensor, cache: Cache | None, key: str, docs: "Documents | None" = None) -> torch.Tensor:
+    return x if canon is None else canon(x, cache, key, docs)

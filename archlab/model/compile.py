@@ -24,10 +24,10 @@ def block_list(lm: nn.Module) -> list[nn.Module]:
     return [m for lst in lm.children() if isinstance(lst, nn.ModuleList) for m in lst]
 
 
-def _training_call(eager: Callable, compiled: Callable, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+def _training_call(eager: Callable, compiled: Callable, x: torch.Tensor, cache: dict | None = None, docs=None) -> torch.Tensor:
     if cache is None and torch.is_grad_enabled():
-        return compiled(x)
-    return eager(x, cache)
+        return compiled(x) if docs is None else compiled(x, docs=docs)
+    return eager(x, cache, docs)
 
 
 def has_cpp_compiler() -> bool:

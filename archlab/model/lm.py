@@ -11,6 +11,7 @@ from torch import nn
 from archlab.model.block import Block
 from archlab.model.cpu_bf16 import linear
 from archlab.model.decode_layout import decode_weights
+from archlab.model.documents import as_documents
 from archlab.model.mixers.attention import grow_rotary_tables
 from archlab.model.multipliers import attach_multipliers
 from archlab.model.norms import make_norm
@@ -49,24 +50,27 @@ class LM(nn.Module):
     def new_cache(self) -> Cache:
         return [{} for _ in self.blocks]
 
-    def hidden(self, ids: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        """ids: [B, T] -> final hidden states [B, T, D] (after the final norm, if any)."""
+    def hidden(self, ids: torch.Tensor, cache: Cache | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """ids: [B, T] -> final hidden states [B, T, D] (after the final norm, if any). ``doc_ids`` [B, T]
+        (training / evaluation): document masking, no token sees another document (archlab/model/documents.py)."""
+        docs = as_documents(doc_ids, ids)
         x = self.embed(ids)
         for i, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache[i])
+            x = block(x, None if cache is None else cache[i], docs)
         return x if self.norm is None else self.norm(x)
 
-    def forward(self, ids: torch.Tensor, cache: Cache | None = None) -> tuple[torch.Tensor, Cache | None]:
+    def forward(self, ids: torch.Tensor, cache: Cache | None = None, doc_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, Cache | None]:
         """ids: [B, T] -> logits [B, T, V]; with a cache (from ``new_cache()``), continues from it."""
-        return linear(self.hidden(ids, cache), self.head_weight), cache
+        return linear(self.hidden(ids, cache, doc_ids), self.head_weight), cache
 
-    def loss(self, ids: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, normaliser: float | None = None) -> torch.Tensor:
+    def loss(self, ids: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, normaliser: float | None = None,
+             doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Masked next-token cross-entropy: sum(CE * mask) / normaliser (default: mask.sum()).
 
         ids, targets, mask: [B, T]. Passing the token count of the whole optimiser step as ``normaliser``
-        makes gradient accumulation exactly equal to one big batch.
+        makes gradient accumulation exactly equal to one big batch. ``doc_ids`` [B, T]: document masking.
         """
-        h = self.hidden(ids)
+        h = self.hidden(ids, doc_ids=doc_ids)
         logits = linear(h, self.head_weight).float()  # [B, T, V]
         ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
         m = mask.reshape(-1).to(ce.dtype)

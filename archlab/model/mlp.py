@@ -15,6 +15,7 @@ from archlab.model.fused import silu_mul
 
 if TYPE_CHECKING:
     from archlab.config import ModelConfig
+    from archlab.model.documents import Documents
 
 
 class MLP(nn.Module):
@@ -34,8 +35,8 @@ class MLP(nn.Module):
         nn.init.normal_(self.w_in.weight, std=self.init_std)
         nn.init.normal_(self.w_down.weight, std=self.out_std)
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:  # [B, T, D]
-        h = apply_canon(self.canon_d, linear(x, self.w_in.weight), cache, "canon_d")
+    def forward(self, x: torch.Tensor, cache: dict | None = None, docs: "Documents | None" = None) -> torch.Tensor:  # [B, T, D]
+        h = apply_canon(self.canon_d, linear(x, self.w_in.weight), cache, "canon_d", docs)
         if self.kind == "swiglu":
             h = silu_mul(*h.chunk(2, dim=-1))
         else:

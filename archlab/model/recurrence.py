@@ -24,6 +24,7 @@ from torch import nn
 
 from archlab.model.block import Block
 from archlab.model.cpu_bf16 import linear
+from archlab.model.documents import as_documents
 from archlab.model.lm import LM
 from archlab.model.multipliers import attach_multipliers
 from archlab.model.norms import make_norm
@@ -128,9 +129,12 @@ class RecurrentLM(LM):
         s = torch.zeros_like(e)
         return s if std == 0 else nn.init.trunc_normal_(s, 0.0, std, -3 * std, 3 * std)
 
-    def hidden(self, ids: torch.Tensor, cache: RecurrentCache | None = None, r: int | None = None, n_grad: int | None = None) -> torch.Tensor:  # type: ignore[override]
-        """ids: [B, T] -> final hidden states [B, T, D]; the first r - n_grad core iterations run without grad."""
+    def hidden(self, ids: torch.Tensor, cache: RecurrentCache | None = None, doc_ids: torch.Tensor | None = None,  # type: ignore[override]
+               r: int | None = None, n_grad: int | None = None) -> torch.Tensor:
+        """ids: [B, T] -> final hidden states [B, T, D]; the first r - n_grad core iterations run without grad.
+        ``doc_ids`` [B, T]: document masking in every block (the adapter and the state are per token)."""
         r, k = self.resolve_depth(r, n_grad)
+        docs = as_documents(doc_ids, ids)
         if cache is not None:
             if cache.r is not None and cache.r != r:
                 raise ValueError(f"this cache was filled at r={cache.r}; decoding at r={r} needs a new cache")
@@ -138,26 +142,28 @@ class RecurrentLM(LM):
         slot = (lambda i: None) if cache is None else (lambda i: cache.slots[i])
         x = self.embed(ids)
         for i, block in enumerate(self.prelude):
-            x = block(x, slot(i))
+            x = block(x, slot(i), docs)
         e, s = x, self.initial_state(x)
         first = len(self.prelude)
         for it in range(r):
             with torch.set_grad_enabled(torch.is_grad_enabled() and it >= r - k):
                 s = linear(torch.cat([s, e], dim=-1), self.adapter.weight)  # [B, T, 2D] -> [B, T, D]
                 for j, block in enumerate(self.core):
-                    s = block(s, slot(first + it * len(self.core) + j))
+                    s = block(s, slot(first + it * len(self.core) + j), docs)
         for j, block in enumerate(self.coda):
-            s = block(s, slot(-1 - j))
+            s = block(s, slot(-1 - j), docs)
         return s if self.norm is None else self.norm(s)
 
-    def forward(self, ids: torch.Tensor, cache: RecurrentCache | None = None, r: int | None = None) -> tuple[torch.Tensor, RecurrentCache | None]:  # type: ignore[override]
+    def forward(self, ids: torch.Tensor, cache: RecurrentCache | None = None, doc_ids: torch.Tensor | None = None,  # type: ignore[override]
+                r: int | None = None) -> tuple[torch.Tensor, RecurrentCache | None]:
         """ids: [B, T] -> logits [B, T, V] at r iterations; with a cache, continues from it (same r)."""
-        return F.linear(self.hidden(ids, cache, r), self.head_weight), cache
+        return F.linear(self.hidden(ids, cache, doc_ids, r), self.head_weight), cache
 
-    def loss(self, ids: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, normaliser: float | None = None, r: int | None = None, n_grad: int | None = None) -> torch.Tensor:  # type: ignore[override]
+    def loss(self, ids: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, normaliser: float | None = None,  # type: ignore[override]
+             doc_ids: torch.Tensor | None = None, r: int | None = None, n_grad: int | None = None) -> torch.Tensor:
         """LM.loss at r iterations, the last ``n_grad`` with gradient."""
         with self.depth(r, n_grad):
-            return super().loss(ids, targets, mask, normaliser)
+            return super().loss(ids, targets, mask, normaliser, doc_ids)
 
     def generate(self, ids: torch.Tensor, max_new_tokens: int, *args, r: int | None = None, **kwargs) -> torch.Tensor:  # type: ignore[override]
         """LM.generate at a fixed r (every token runs P + r*R + C blocks)."""

@@ -282,8 +282,8 @@ class CapoTask(SyntheticTask):
         n_tags = 2 + len(ATTRS)
         loss, count, exact = np.zeros(n_tags), np.zeros(n_tags), np.zeros(n_tags)
         for b in range(n_batches):
-            tokens, _, tag = self.windows("test", seed, 0, b, batch_size, packing="pad")
-            pred, nll = teacher_forced(model, tokens)
+            tokens, _, tag, doc = self.windows("test", seed, 0, b, batch_size, packing="pad")
+            pred, nll = teacher_forced(model, tokens, self.doc_ids_if_masked(doc))
             tg = tag[:, 1:]
             loss += np.bincount(tg.ravel(), weights=nll.ravel(), minlength=n_tags)
             span_tag, span_ok = span_correct(tg, pred == tokens[:, 1:])

@@ -19,13 +19,13 @@ from abc import abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import Any, Callable, ClassVar, Iterator, Literal, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from archlab.tasks.base import SPLITS, Task, TaskConfig, rng_for
+from archlab.tasks.base import SPLITS, Batch, Task, TaskConfig, rng_for
 
 PAD = 0
 Packing = Literal["truncate", "pad"]
@@ -283,10 +283,20 @@ def instance_split(inst: Instances) -> np.ndarray:
     return np.searchsorted([SPLIT_BUCKETS[s][1] for s in SPLITS], bucket, side="right")
 
 
+class Windows(NamedTuple):
+    """Packed windows, each [n_windows, width]: tokens, loss mask, task tag, and the instance (document) index
+    of every token within its window (0, 0, .., 1, 1, ..; the padded tail counts as further documents)."""
+
+    tokens: np.ndarray
+    mask: np.ndarray
+    tag: np.ndarray
+    doc: np.ndarray
+
+
 def pack_windows(
     draw: Callable[[int], Instances], n_windows: int, width: int, packing: Packing, per_window: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pack instances from ``draw(count)`` left-aligned into windows -> tokens, mask, tag, each [n_windows, width].
+) -> Windows:
+    """Pack instances from ``draw(count)`` left-aligned into windows of ``width`` tokens.
 
     Every window starts with a fresh instance (never truncated; all instances must fit ``width``). With
     "truncate" the window is filled and its last instance cut; with "pad" only whole instances go in and the
@@ -318,8 +328,10 @@ def pack_windows(
             s = e
     idx = np.array(starts)[:, None] + np.arange(width)  # [B, W] token index into buf
     valid = idx < np.array(ends)[:, None]
+    inst = np.searchsorted(buf.offsets, idx, side="right") - 1  # [B, W] instance of each token (padding: later ones)
     idx = np.where(valid, idx, 0)
-    return np.where(valid, buf.tokens[idx], PAD), valid & buf.mask[idx], np.where(valid, buf.tag[idx], 0).astype(np.int32)
+    tokens, tag = np.where(valid, buf.tokens[idx], PAD), np.where(valid, buf.tag[idx], 0).astype(np.int32)
+    return Windows(tokens, valid & buf.mask[idx], tag, inst - inst[:, :1])
 
 
 class SyntheticTask(Task):
@@ -376,14 +388,14 @@ class SyntheticTask(Task):
 
     def windows(
         self, split: str, seed: int, rank: int, step: int, batch_size: int, packing: Packing | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """tokens, mask, tag as numpy arrays [B, T+1]."""
+    ) -> Windows:
+        """tokens, mask, tag, doc as numpy arrays [B, T+1]."""
         stream = self.stream(split, seed, rank, step)
         return pack_windows(stream, batch_size, self.seq_len + 1, packing or self.cfg.packing, self.per_window)
 
-    def batch(self, split: str, seed: int, rank: int, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens, mask, _ = self.windows(split, seed, rank, step, batch_size)
-        return torch.from_numpy(tokens), torch.from_numpy(mask)
+    def batch(self, split: str, seed: int, rank: int, step: int, batch_size: int) -> Batch:
+        win = self.windows(split, seed, rank, step, batch_size)
+        return Batch(torch.from_numpy(win.tokens), torch.from_numpy(win.mask), self.doc_ids_if_masked(win.doc))
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
@@ -401,11 +413,13 @@ def inference(model: torch.nn.Module) -> Iterator[torch.device]:
         model.train(was)
 
 
-def teacher_forced(model: torch.nn.Module, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Score windows tokens [B, T+1]: (argmax prediction, CE in nats) of every target tokens[:, 1:], each [B, T]."""
+def teacher_forced(model: torch.nn.Module, tokens: np.ndarray, doc_ids: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Score windows tokens [B, T+1]: (argmax prediction, CE in nats) of every target tokens[:, 1:], each [B, T].
+    ``doc_ids`` [B, T+1] (document masking) or None."""
     with inference(model) as device:
         ids = torch.from_numpy(tokens).to(device)
-        logits = model(ids[:, :-1])[0].float()  # [B, T, V]
+        masking = {} if doc_ids is None else {"doc_ids": doc_ids[:, :-1].to(device)}
+        logits = model(ids[:, :-1], **masking)[0].float()  # [B, T, V]
         nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         return logits.argmax(-1).cpu().numpy(), nll.cpu().numpy()
 

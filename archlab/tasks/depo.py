@@ -113,8 +113,8 @@ class DepoTask(SyntheticTask):
         and exact-answer accuracy per k (all answer tokens right = greedy decoding finds the answer)."""
         keys, hits, span_k, span_ok = [], [], [], []
         for b in range(n_batches):
-            tokens, _, tag = self.windows("test", seed, 0, b, batch_size, packing="pad")
-            pred, _ = teacher_forced(model, tokens)
+            tokens, _, tag, doc = self.windows("test", seed, 0, b, batch_size, packing="pad")
+            pred, _ = teacher_forced(model, tokens, self.doc_ids_if_masked(doc))
             tg, correct = tag[:, 1:], pred == tokens[:, 1:]
             keys.append(tg[tg > 0]), hits.append(correct[tg > 0])
             sk, so = span_correct(tg, correct)

@@ -116,8 +116,8 @@ class ManoTask(SyntheticTask):
         """Teacher-forced accuracy of the answer value per expression length ℓ (``acc_l{ℓ}``); ``acc`` = at ℓ = L."""
         lens, hits = [], []
         for b in range(n_batches):
-            tokens, _, tag = self.windows("test", seed, 0, b, batch_size, packing="pad")
-            pred, _ = teacher_forced(model, tokens)
+            tokens, _, tag, doc = self.windows("test", seed, 0, b, batch_size, packing="pad")
+            pred, _ = teacher_forced(model, tokens, self.doc_ids_if_masked(doc))
             tg = tag[:, 1:]
             lens.append(tg[tg > 0]), hits.append((pred == tokens[:, 1:])[tg > 0])
         out = grouped_mean(np.concatenate(lens), np.concatenate(hits), "acc_l")

@@ -5,6 +5,8 @@ with the byte-level tokenizer (256 bytes + ``<|endoftext|>`` between documents),
 ``paths`` may name other files / directories / jsonl / parquet / saved datasets, ``tokenizer`` a local HF
 tokenizer directory; large corpora are tokenised once with ``archlab data prepare`` and used via ``dataset``.
 Every ``1/val_fraction``-th document is held out (``val`` = ``test``); train windows never see it.
+With ``doc_mask`` the documents inside a window are masked from each other: a new document begins after every
+EOS token (the EOS belongs to the document it ends); a window's first document may have begun before it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from archlab.data.sampler import PackedSampler
 from archlab.data.shards import Corpus, load_prepared, tokenize_in_memory
 from archlab.data.sources import iter_documents
 from archlab.tasks import register_task
-from archlab.tasks.base import Task, TaskConfig
+from archlab.tasks.base import Batch, Task, TaskConfig
 from archlab.tokenizers import load_tokenizer
 
 
@@ -65,9 +67,13 @@ class TextTask(Task):
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
 
-    def batch(self, split: str, seed: int, rank: int, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, split: str, seed: int, rank: int, step: int, batch_size: int) -> Batch:
         tokens = torch.from_numpy(self.samplers[split].batch(seed, split, rank, step, batch_size))  # [B, T+1]
-        return tokens, torch.ones_like(tokens, dtype=torch.bool)
+        docs = None
+        if self.cfg.doc_mask:  # the token after an EOS starts a new document
+            ends = (tokens == self.tokenizer.eos_id).long()
+            docs = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1].cumsum(1)], dim=1)
+        return Batch(tokens, torch.ones_like(tokens, dtype=torch.bool), docs)
 
     def decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens)

@@ -56,7 +56,7 @@ def test_required_set_and_depth_on_a_hand_made_graph():
 
 def test_loss_mask_is_exactly_ans_to_eos():
     task = make(n_max=16)
-    tokens, mask, _ = task.windows("train", 0, 0, 0, 16, packing="pad")
+    tokens, mask, _, _ = task.windows("train", 0, 0, 0, 16, packing="pad")
     for row, m in zip(tokens.tolist(), mask.tolist()):
         inside, expect = False, []
         for t in row:

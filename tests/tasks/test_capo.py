@@ -50,7 +50,7 @@ def test_population_is_fixed_unique_and_consistent():
 
 
 def test_sentence_structure_and_tags(task):
-    tokens, mask, tag = task.windows("train", 0, 0, 0, 4, packing="pad")
+    tokens, mask, tag, _ = task.windows("train", 0, 0, 0, 4, packing="pad")
     bos = task.ids["<bos>"]
     for row, tg in zip(tokens, tag):
         starts = np.nonzero(row == bos)[0]

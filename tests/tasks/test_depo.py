@@ -79,7 +79,7 @@ def expected_mask(row: list[int], task) -> tuple[list[bool], list[int]]:
 def test_loss_mask_is_exactly_ans_and_answer_tokens():
     task = make(n_max=16)
     for packing in ("truncate", "pad"):
-        tokens, mask, tag = task.windows("train", 0, 0, 0, 16, packing=packing)
+        tokens, mask, tag, _ = task.windows("train", 0, 0, 0, 16, packing=packing)
         for row, m, tg in zip(tokens.tolist(), mask, tag):
             em, et = expected_mask(row, task)
             assert m.tolist() == em and tg.tolist() == et

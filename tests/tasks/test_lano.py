@@ -98,5 +98,5 @@ def test_generation_accuracy_counts_exactly_the_valid_sentences():
 
 def test_loss_on_all_tokens_and_bos_separates_sentences():
     task = make(128, levels=4, target_len=30)
-    tokens, mask, _ = task.windows("train", 0, 0, 0, 4)
+    tokens, mask, _, _ = task.windows("train", 0, 0, 0, 4)
     assert mask.all() and tokens[:, 0].tolist() == [BOS] * 4 and set(np.unique(tokens)) <= {BOS, *range(TERM0, TERM0 + 3)}

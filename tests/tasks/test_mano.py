@@ -59,10 +59,10 @@ def test_subtree_sizes_split_uniformly():
 
 def test_loss_on_all_tokens_or_answer_only():
     all_tok = make(l_max=4)
-    tokens, mask, tag = all_tok.windows("train", 0, 0, 0, 8)
+    tokens, mask, tag, _ = all_tok.windows("train", 0, 0, 0, 8)
     assert mask.all()  # truncate packing: every position is an instance token
     ans = make(l_max=4, loss_on="answer")
-    tokens, mask, tag = ans.windows("train", 0, 0, 0, 8)
+    tokens, mask, tag, _ = ans.windows("train", 0, 0, 0, 8)
     after_ans = np.zeros_like(mask)
     after_ans[:, 1:] = tokens[:, :-1] == ANS
     assert np.array_equal(mask, after_ans) and np.array_equal(tag > 0, after_ans)

@@ -35,9 +35,9 @@ SMALL = {  # task configs small enough for fast tests, with their seq_len
 HASH_SPLIT = [k for k in SMALL if k != "capo"]
 
 
-def small_task(key: str):
+def small_task(key: str, **extra):
     data, seq_len = SMALL[key]
-    return build_task(TASKS.validate(data), seq_len)
+    return build_task(TASKS.validate({**data, **extra}), seq_len)
 
 
 @pytest.fixture(scope="module", params=list(SMALL))
@@ -47,20 +47,39 @@ def task(request):
 
 def test_batch_shapes_vocab_and_masks(task):
     for packing in ("truncate", "pad"):
-        tokens, mask, tag = task.windows("train", 0, 0, 3, 8, packing=packing)
+        tokens, mask, tag, _ = task.windows("train", 0, 0, 3, 8, packing=packing)
         assert tokens.shape == mask.shape == tag.shape == (8, task.seq_len + 1)
         assert tokens.min() >= 0 and tokens.max() < task.vocab_size
         assert not mask[tokens == PAD].any()
         first = task.instances("train", 0, 0, 3, 1)[0][0]
         assert (tokens[:, 0] == first).all()  # every window starts with an instance's first token (<bos>)
-    tokens, mask = task.batch("train", 0, 0, 3, 8)
+    tokens, mask, _ = task.batch("train", 0, 0, 3, 8)
     assert tokens.dtype == torch.long and mask.dtype == torch.bool and mask[:, 1:].any()
+
+
+def test_doc_ids_mark_every_instance(task):
+    """Windows number their instances 0, 1, ...: a new id exactly where an instance (its <bos>) starts."""
+    bos = task.instances("train", 0, 0, 3, 1)[0][0]
+    for packing in ("truncate", "pad"):
+        win = task.windows("train", 0, 0, 3, 8, packing=packing)
+        step = np.diff(win.doc, axis=1)
+        assert (win.doc[:, 0] == 0).all() and ((step == 0) | (step == 1)).all()
+        real = win.tokens[:, 1:] != PAD
+        assert np.array_equal((step == 1) & real, (win.tokens[:, 1:] == bos) & real)
+        assert step.sum() >= 8  # several instances per window: the check above has boundaries to find
+
+
+def test_batch_carries_doc_ids_only_with_doc_mask():
+    plain, masked = small_task("depo1"), small_task("depo1", doc_mask=True)
+    a, b = plain.batch("train", 0, 0, 2, 4), masked.batch("train", 0, 0, 2, 4)
+    assert a.doc_ids is None and torch.equal(a.tokens, b.tokens) and torch.equal(a.loss_mask, b.loss_mask)
+    assert torch.equal(b.doc_ids, torch.from_numpy(masked.windows("train", 0, 0, 2, 4).doc))
 
 
 def test_batches_are_pure_functions_of_their_arguments(task):
     ref = task.batch("train", 1, 0, 5, 4)
     same = task.batch("train", 1, 0, 5, 4)
-    assert all(torch.equal(a, b) for a, b in zip(ref, same))
+    assert all(torch.equal(a, b) for a, b in zip(ref[:2], same[:2])) and ref.doc_ids is None
     for args in [("train", 1, 0, 6), ("train", 1, 1, 5), ("train", 2, 0, 5), ("val", 1, 0, 5), ("test", 1, 0, 5)]:
         assert not torch.equal(task.batch(*args, 4)[0], ref[0]), args
 
@@ -107,7 +126,7 @@ def _stream(lengths: list[int]):
 
 def test_truncate_packing_cuts_only_the_last_instance_and_restarts_at_the_next():
     lengths = [4, 3, 5, 6, 2, 7, 3, 3, 4, 5] * 3
-    tokens, mask, tag = pack_windows(_stream(lengths), 4, 8, "truncate", 2.0)
+    tokens, mask, tag, _ = pack_windows(_stream(lengths), 4, 8, "truncate", 2.0)
     # window 0: inst 0 (4) + inst 1 (3) + 1 token of inst 2 -> window 1 starts with inst 3
     assert tokens[0].tolist() == [100, 50, 50, 50, 101, 51, 51, 102]
     assert tokens[1].tolist() == [103, 53, 53, 53, 53, 53, 104, 54]  # inst 3 (6) + inst 4 (2): fits exactly
@@ -116,7 +135,7 @@ def test_truncate_packing_cuts_only_the_last_instance_and_restarts_at_the_next()
 
 
 def test_pad_packing_keeps_whole_instances_and_masks_the_pad():
-    tokens, mask, tag = pack_windows(_stream([4, 3, 5, 6, 2, 7, 8] * 3), 4, 8, "pad", 2.0)
+    tokens, mask, tag, _ = pack_windows(_stream([4, 3, 5, 6, 2, 7, 8] * 3), 4, 8, "pad", 2.0)
     assert tokens[0].tolist() == [100, 50, 50, 50, 101, 51, 51, PAD]
     assert tokens[1].tolist() == [102, 52, 52, 52, 52, PAD, PAD, PAD]
     assert tokens[2].tolist() == [103, 53, 53, 53, 53, 53, 104, 54]

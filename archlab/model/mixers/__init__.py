@@ -3,10 +3,12 @@
 Interface (fla's layer contract)::
 
     mixer = MixerClass(cfg, model_cfg, layer_idx)
-    y, state = mixer(x, state)   # x, y: [B, T, D]; state: None in training, a dict when decoding
+    y, state = mixer(x, state, docs)   # x, y: [B, T, D]; state: None in training, a dict when decoding
 
 In decoding, pass an (initially empty) dict as ``state``; the mixer reads and updates it in place and
-returns it. KV caches, recurrent states and Canon conv states all live in that dict.
+returns it. KV caches, recurrent states and Canon conv states all live in that dict. ``docs`` (a
+:class:`~archlab.model.documents.Documents`, or None) is document masking of packed windows in training and
+evaluation: no token may see another document (attention mask, conv windows, recurrent state resets).
 """
 
 from __future__ import annotations

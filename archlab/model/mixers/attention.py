@@ -3,6 +3,12 @@
 Layout follows transformers' Llama (so weights map 1:1): q, k, v projections (fused into one ``wqkv``
 matrix here), RoPE in the rotate-half convention on the first ``rope_dim`` dims of each head, softmax scale
 head_dim^-1/2, output projection ``wo``.
+
+Document masking (:mod:`archlab.model.documents`): block-diagonal causal attention per document, one SDPA
+call with a boolean mask shared by all layers of a forward; RoPE positions restart at every document
+(``doc_positions: restart``, the default: each document then sees exactly what it would see alone) or count
+from the window start (``window``). RoPE scores depend only on relative positions, so the two agree up to
+rounding.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from torch import nn
 
 from archlab.model.canon import apply_canon, maybe_canon
 from archlab.model.cpu_bf16 import linear, sdpa
+from archlab.model.documents import Documents
 from archlab.model.mixers import MIXERS, Mixer, MixerConfig
 from archlab.model.norms import RMSNorm
 
@@ -32,6 +39,9 @@ class AttentionConfig(MixerConfig):
     rope_dim: int | None = Field(None, gt=0, description="partial RoPE: rotate only the first rope_dim dims per head")
     rope_theta: float = Field(10000.0, gt=0)
     qk_norm: bool = False
+    doc_positions: Literal["restart", "window"] = Field(
+        "restart", description="with data.doc_mask: RoPE positions restart at every document, or count from the window start"
+    )
 
     @model_validator(mode="after")
     def _kv(self) -> "AttentionConfig":
@@ -125,6 +135,32 @@ def append_kv(state: dict, start: int, k: torch.Tensor, v: torch.Tensor) -> tupl
     return state["k"], state["v"]
 
 
+# Query block of the block-sparse document attention (a tile of the CPU flash kernel's size or a few of them).
+DOC_BLOCK = 128
+
+
+def attend_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, docs: Documents, gqa: bool) -> torch.Tensor:
+    """Block-diagonal causal attention: q [B, H, T, hd], k, v [B, Hkv, T, hd] -> [B, H, T, hd].
+
+    Long windows of short documents take the block-sparse form (:meth:`Documents.attention_blocks`): every query
+    block against only the W keys its documents can reach, all blocks in one SDPA call, so the cost is T·W instead
+    of T². Otherwise (or under torch.compile, which cannot trace the data-dependent plan) one SDPA with the
+    [B, 1, T, T] mask."""
+    plan = None if torch.compiler.is_compiling() else docs.attention_blocks(DOC_BLOCK)
+    if plan is None:
+        return sdpa(q, k, v, attn_mask=docs.attention_mask(), enable_gqa=gqa)
+    keys, mask = plan  # [N, W], [B·N, 1, c, W]
+    (B, H, T, hd), (N, W), c = q.shape, keys.shape, DOC_BLOCK
+
+    def blocks(x: torch.Tensor) -> torch.Tensor:  # [B, h, T, hd] -> [B·N, h, W, hd]: the keys of every block
+        h = x.shape[1]
+        return x.index_select(2, keys.flatten()).view(B, h, N, W, hd).transpose(1, 2).reshape(B * N, h, W, hd)
+
+    qb = q.view(B, H, N, c, hd).transpose(1, 2).reshape(B * N, H, c, hd)
+    y = sdpa(qb, blocks(k), blocks(v), attn_mask=mask, enable_gqa=gqa)  # [B·N, H, c, hd]
+    return y.view(B, N, H, c, hd).transpose(1, 2).reshape(B, H, T, hd)
+
+
 @MIXERS.register("attention", AttentionConfig)
 class Attention(Mixer):
     def __init__(self, cfg: AttentionConfig, model_cfg: "ModelConfig", layer_idx: int):
@@ -149,17 +185,20 @@ class Attention(Mixer):
         nn.init.normal_(self.wqkv.weight, std=self.init_std)
         nn.init.normal_(self.wo.weight, std=self.out_std)
 
-    def forward(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict | None]:
+    def forward(self, x: torch.Tensor, state: dict | None = None, docs: Documents | None = None) -> tuple[torch.Tensor, dict | None]:
         B, T, _ = x.shape
+        if docs is not None and state is not None:
+            raise ValueError("document masking applies to training / evaluation forwards, not to decoding with a cache")
+        docs = None if docs is None or docs.single else docs  # one document per row: plain causal attention
         qkv = linear(x, self.wqkv.weight)  # [B, T, q_dim + 2 kv_dim]
         if self.q_norm is not None:
             q, k, v = qkv.split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
             qkv = torch.cat([self.q_norm(q), self.k_norm(k), v], dim=-1)
-        qkv = apply_canon(self.canon_b, qkv, state, "canon_b")
+        qkv = apply_canon(self.canon_b, qkv, state, "canon_b", docs)
         qk, v = qkv.view(B, T, self.n_heads + 2 * self.n_kv, self.head_dim).split([self.n_heads + self.n_kv, self.n_kv], dim=2)
         start = 0 if state is None or "k" not in state else state["k"].shape[2]
         if self.rotary is not None:  # q and k rotated together: [B, T, H + Hkv, hd]
-            qk = apply_rope(qk, *self.rotary(start, T))
+            qk = apply_rope(qk, *self._rope_tables(start, T, docs))
         q, k = qk.transpose(1, 2).split([self.n_heads, self.n_kv], dim=1)  # [B, H, T, hd], [B, Hkv, T, hd]
         v = v.transpose(1, 2)  # [B, Hkv, T, hd]
         if torch.is_grad_enabled():  # attention saves v for backward; a view would keep all of qkv alive
@@ -171,12 +210,22 @@ class Attention(Mixer):
             state["k"], state["v"] = k.detach(), v.detach()
         elif state is not None:
             k, v = append_kv(state, start, k, v)
-        y = self._attend(q, k, v, start)  # [B, H, T, hd]
+        y = self._attend(q, k, v, start, docs)  # [B, H, T, hd]
         y = y.transpose(1, 2).reshape(B, T, self.q_dim)
         return linear(y, self.wo.weight), state
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
+    def _rope_tables(self, start: int, T: int, docs: Documents | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, signed_sin: [T, 1, r] for positions start.., or [B, T, 1, r] at positions inside each document."""
+        cos, sin = self.rotary(start, T)
+        if docs is None or self.cfg.doc_positions == "window":
+            return cos, sin
+        pos = docs.positions()  # [B, T]
+        return cos[pos], sin[pos]
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, docs: Documents | None) -> torch.Tensor:
         gqa = self.n_kv != self.n_heads
+        if docs is not None:  # block-diagonal causal, its masks shared by every layer of this forward
+            return attend_documents(q, k, v, docs, gqa)
         if start == 0:
             return sdpa(q, k, v, is_causal=True, enable_gqa=gqa)
         T, S = q.shape[2], k.shape[2]

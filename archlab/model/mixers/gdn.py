@@ -26,18 +26,20 @@ from torch import nn
 
 from archlab.model.canon import apply_canon, maybe_canon
 from archlab.model.cpu_bf16 import linear
+from archlab.model.documents import Documents, chunk_doc_masks, masked
 from archlab.model.mixers import MIXERS, Mixer, MixerConfig
 from archlab.model.mixers.short_conv import (
     ShortConvs,
     acc,
     causal_decay,
-    recurrent_core_inputs,
     fla_op,
     fp32_core,
     from_chunks,
     init_dt_bias,
     no_decay,
     norm_gate,
+    recurrent_core_inputs,
+    reset_state,
     run_core,
     to_chunks,
 )
@@ -60,13 +62,16 @@ def fused_recurrent_gated_delta_rule(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    doc_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Token-by-token gated delta rule; state [B, H, K, V] in fp32."""
+    """Token-by-token gated delta rule; state [B, H, K, V] in fp32; doc_ids [B, T]: the state restarts at every
+    document start."""
     T = q.shape[1]
-    (q, k, v, g, beta), S, out_dtype = recurrent_core_inputs(q, k, v, g, beta, scale=scale, initial_state=initial_state)
+    (q, k, v, g, beta), S, out_dtype, keep = recurrent_core_inputs(
+        q, k, v, g, beta, scale=scale, initial_state=initial_state, doc_ids=doc_ids)
     out = []
     for t in range(T):
-        S = g[:, t, :, None, None].exp() * S
+        S = g[:, t, :, None, None].exp() * reset_state(S, keep, t)
         u = beta[:, t, :, None] * (v[:, t] - (k[:, t, :, None, :] @ S)[:, :, 0])  # [B, H, V]
         S = S + k[:, t, :, :, None] * u[:, :, None, :]
         out.append((q[:, t, :, None, :] @ S)[:, :, 0])
@@ -84,6 +89,7 @@ def chunk_gated_delta_rule(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    doc_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked gated delta rule (WY form), equal to :func:`fused_recurrent_gated_delta_rule`. Memory O(T·C).
 
@@ -92,6 +98,8 @@ def chunk_gated_delta_rule(
     L = StrictTril(diag(β) (K Kᵀ ⊙ Γ)). One triangular solve per chunk gives Ũ = (I+L)⁻¹ diag(β) V and
     W = (I+L)⁻¹ diag(βγ) K, independent of S; then sequentially over chunks U = Ũ − W S,
     o = scale [(γ ⊙ Q) S + (Q Kᵀ ⊙ Γ) U],  S ← γ_C S + (K ⊙ exp(G_C − G))ᵀ U.
+    With doc_ids [B, T], the decays Γ, γ, exp(G_C − G) and γ_C are multiplied by 0 where they span a document
+    start (:func:`~archlab.model.documents.chunk_doc_masks`): the state restarts at each document.
     """
     B, T, H, K = q.shape
     scale = K**-0.5 if scale is None else scale
@@ -101,24 +109,26 @@ def chunk_gated_delta_rule(
     q, k, v = (to_chunks(t, C) for t in (q, k, v))  # [B, H, N, C, K|V]
     G = to_chunks(g, C).cumsum(dim=-1)  # [B, H, N, C]
     beta = to_chunks(beta, C)  # [B, H, N, C]
-    Gamma = causal_decay(G)  # [B, H, N, C, C]
+    docs = None if doc_ids is None else chunk_doc_masks(doc_ids, T, C)  # same, carry_in, to_end, keep
+    same, carry_in, to_end, keep = (None,) * 4 if docs is None else tuple(m[:, None] for m in docs)  # [B, 1, N, ...]
+    Gamma = masked(causal_decay(G), same)  # [B, H, N, C, C]
     L = (beta[..., None] * (k @ k.transpose(-1, -2)) * Gamma).tril(-1)
-    rhs = torch.cat([beta[..., None] * v, (beta * G.exp())[..., None] * k], dim=-1)  # [B, H, N, C, V+K]
+    rhs = torch.cat([beta[..., None] * v, (beta * masked(G.exp(), carry_in))[..., None] * k], dim=-1)  # [B, H, N, C, V+K]
     U_tilde, W = torch.linalg.solve_triangular(L, rhs, upper=False, unitriangular=True).split([V, K], dim=-1)
     A = (q @ k.transpose(-1, -2)) * Gamma  # [B, H, N, C, C], includes the diagonal
     G_last = G[..., -1]  # [B, H, N]
-    k_dec = k * (G_last[..., None] - G).exp()[..., None]  # [B, H, N, C, K]
+    k_dec = k * masked((G_last[..., None] - G).exp(), to_end)[..., None]  # [B, H, N, C, K]
     S = q.new_zeros(B, H, K, V) if initial_state is None else acc(initial_state)
     states, us = [], []
     # unbind once: indexing chunk n inside the loop would make backward build a full-size gradient per chunk
-    per_chunk = zip(U_tilde.unbind(2), W.unbind(2), k_dec.transpose(-1, -2).unbind(2), G_last.exp().unbind(2))
+    per_chunk = zip(U_tilde.unbind(2), W.unbind(2), k_dec.transpose(-1, -2).unbind(2), masked(G_last.exp(), keep).unbind(2))
     for u_tilde, w, k_dec_t, decay in per_chunk:
         states.append(S)
         u = u_tilde - w @ S  # [B, H, C, V]
         us.append(u)
         S = decay[:, :, None, None] * S + k_dec_t @ u
     U = torch.stack(us, dim=2)  # [B, H, N, C, V]
-    o = (A @ U + (q * G.exp()[..., None]) @ torch.stack(states, dim=2)) * scale
+    o = (A @ U + (q * masked(G.exp(), carry_in)[..., None]) @ torch.stack(states, dim=2)) * scale
     return from_chunks(o, T).to(out_dtype), (S if output_final_state else None)
 
 
@@ -203,13 +213,13 @@ class GatedDeltaNet(Mixer):
         """(weight, rows) that residual='deepnorm' scales by beta at init: the value rows and the output projection."""
         return [(self.wqkv.weight, slice(2 * self.key_dim, None)), (self.o_proj.weight, slice(None))]
 
-    def forward(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict | None]:
+    def forward(self, x: torch.Tensor, state: dict | None = None, docs: Documents | None = None) -> tuple[torch.Tensor, dict | None]:
         B, T, _ = x.shape
         H = self.n_heads
-        qkv = apply_canon(self.canon_b, linear(x, self.wqkv.weight), state, "canon_b")
+        qkv = apply_canon(self.canon_b, linear(x, self.wqkv.weight), state, "canon_b", docs)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         if self.short_conv is not None:
-            q, k, v = (self.short_conv(n, t, state) for n, t in (("q", q), ("k", k), ("v", v)))
+            q, k, v = (self.short_conv(n, t, state, docs) for n, t in (("q", q), ("k", k), ("v", v)))
         else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         q = F.normalize(q.reshape(B, T, H, self.head_k), dim=-1, eps=1e-6)
@@ -225,7 +235,7 @@ class GatedDeltaNet(Mixer):
         else:
             chunk, rec = chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
             kw = {"chunk_size": self.cfg.chunk_size}
-        o = run_core(chunk, rec, (q, k, v, g, beta), state, None, kw)  # [B, T, H, head_v]
+        o = run_core(chunk, rec, (q, k, v, g, beta), state, None, kw, docs, self.cfg.backend == "fla")  # [B, T, H, head_v]
         gate = None if self.g_proj is None else linear(x, self.g_proj.weight).view(B, T, H, self.head_v)
         o = norm_gate(o, self.norm.weight, self.norm.eps, gate)
         return linear(o.reshape(B, T, self.value_dim), self.o_proj.weight), state

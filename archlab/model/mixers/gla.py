@@ -24,15 +24,17 @@ from torch import nn
 
 from archlab.model.canon import apply_canon, maybe_canon
 from archlab.model.cpu_bf16 import linear
+from archlab.model.documents import Documents, chunk_doc_masks, masked
 from archlab.model.mixers import MIXERS, Mixer, MixerConfig
 from archlab.model.mixers.short_conv import (
     ShortConvs,
-    recurrent_core_inputs,
     chunk_states,
     fla_op,
     fp32_core,
     from_chunks,
     norm_gate,
+    recurrent_core_inputs,
+    reset_state,
     run_core,
     to_chunks,
 )
@@ -54,13 +56,15 @@ def fused_recurrent_gla(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    doc_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Token-by-token GLA. q, k, gk: [B, T, H, K]; v: [B, T, H, V]; state [B, H, K, V] (fp32)."""
+    """Token-by-token GLA. q, k, gk: [B, T, H, K]; v: [B, T, H, V]; state [B, H, K, V] (fp32); doc_ids [B, T]:
+    the state restarts from zero at every document start (:mod:`archlab.model.documents`)."""
     T = q.shape[1]
-    (q, k, v, gk), S, out_dtype = recurrent_core_inputs(q, k, v, gk, scale=scale, initial_state=initial_state)
+    (q, k, v, gk), S, out_dtype, keep = recurrent_core_inputs(q, k, v, gk, scale=scale, initial_state=initial_state, doc_ids=doc_ids)
     out = []
     for t in range(T):
-        S = gk[:, t, :, :, None].exp() * S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        S = gk[:, t, :, :, None].exp() * reset_state(S, keep, t) + k[:, t, :, :, None] * v[:, t, :, None, :]
         out.append((q[:, t, :, None, :] @ S)[:, :, 0])
     return torch.stack(out, dim=1).to(out_dtype), (S if output_final_state else None)
 
@@ -101,6 +105,7 @@ def chunk_gla(
     output_final_state: bool = False,
     chunk_size: int = 64,
     sub_chunk_size: int = 16,
+    doc_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked GLA, equal to :func:`fused_recurrent_gla`. Memory O(T·(C + K)) (O(T·c·K) on the exact path).
 
@@ -113,6 +118,8 @@ def chunk_gla(
     Nothing is ever formed as exp(−G) over an unbounded span, which is what overflows for vector gates.
     Between chunks: o_i += scale (q_i ⊙ exp(G_i)) S_n, with the states S_n entering each chunk from
     :func:`chunk_states` and S ← exp(G_C) ⊙ S + Σ_j (k_j ⊙ exp(G_C − G_j)) v_jᵀ.
+    With doc_ids [B, T], every decay that spans a document start is multiplied by 0
+    (:func:`~archlab.model.documents.chunk_doc_masks`): the state restarts at each document.
     """
     B, T, H, K = q.shape
     scale = K**-0.5 if scale is None else scale
@@ -122,6 +129,7 @@ def chunk_gla(
     q = q * scale
     G = gk.cumsum(dim=-2)  # [B, H, N, C, K], ≤ 0 and decreasing along C
     c, exact_diagonal = intra_chunk_plan(G, sub_chunk_size)
+    docs = None if doc_ids is None else chunk_doc_masks(doc_ids, T, C)  # same, carry_in, to_end, keep
 
     # -- intra-chunk scores A [B, H, N, C, C], one block of c rows at a time
     rows = []
@@ -140,15 +148,17 @@ def chunk_gla(
         rows.append(F.pad(block, (0, C - block.shape[-1])) if block.shape[-1] < C else block)
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     A = (torch.cat(rows, dim=-2) if len(rows) > 1 else rows[0]).masked_fill(~causal, 0.0)
-    o = A @ v  # [B, H, N, C, V]
+    same, carry_in, to_end, keep = (None,) * 4 if docs is None else (
+        docs[0][:, None], docs[1][:, None, ..., None], docs[2][:, None, ..., None], docs[3])  # [B, 1, N, C, C|1]
+    o = masked(A, same) @ v  # [B, H, N, C, V]
 
     # -- inter-chunk
     final = None
     if initial_state is not None or output_final_state or G.shape[2] > 1:
         G_last = G[..., -1, :]  # [B, H, N, K]
-        dS = (k * (G_last[..., None, :] - G).exp()).transpose(-1, -2) @ v  # [B, H, N, K, V]
-        states, final = chunk_states(G_last, dS, initial_state)
-        o = o + (q * G.exp()) @ states
+        dS = masked(k * (G_last[..., None, :] - G).exp(), to_end).transpose(-1, -2) @ v  # [B, H, N, K, V]
+        states, final = chunk_states(G_last, dS, initial_state, keep)
+        o = o + masked(q * G.exp(), carry_in) @ states
     return from_chunks(o, T).to(out_dtype), (final if output_final_state else None)
 
 
@@ -221,12 +231,12 @@ class GatedLinearAttention(Mixer):
         """(weight, rows) that residual='deepnorm' scales by beta at init: the value rows and the output projection."""
         return [(self.wqkv.weight, slice(2 * self.key_dim, None)), (self.o_proj.weight, slice(None))]
 
-    def forward(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict | None]:
+    def forward(self, x: torch.Tensor, state: dict | None = None, docs: Documents | None = None) -> tuple[torch.Tensor, dict | None]:
         B, T, _ = x.shape
-        qkv = apply_canon(self.canon_b, linear(x, self.wqkv.weight), state, "canon_b")
+        qkv = apply_canon(self.canon_b, linear(x, self.wqkv.weight), state, "canon_b", docs)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         if self.short_conv is not None:
-            q, k, v = (self.short_conv(n, t, state) for n, t in (("q", q), ("k", k), ("v", v)))
+            q, k, v = (self.short_conv(n, t, state, docs) for n, t in (("q", q), ("k", k), ("v", v)))
         gk = F.logsigmoid(linear(linear(x, self.gk_down.weight), self.gk_up.weight, self.gk_up.bias)) / self.cfg.gate_logit_normalizer
         if self.cfg.clamp_min is not None:
             gk = gk.clamp_min(self.cfg.clamp_min)
@@ -237,7 +247,7 @@ class GatedLinearAttention(Mixer):
             chunk, rec, kw = fla_op("gla", "chunk_gla", x), fla_op("gla", "fused_recurrent_gla", x), {}
         else:
             chunk, rec, kw = chunk_gla, fused_recurrent_gla, {"chunk_size": self.cfg.chunk_size}
-        o = run_core(chunk, rec, (q, k, v, gk), state, None, kw)  # [B, T, H, head_v]
+        o = run_core(chunk, rec, (q, k, v, gk), state, None, kw, docs, self.cfg.backend == "fla")  # [B, T, H, head_v]
         gate = None if self.g_proj is None else linear(x, self.g_proj.weight).view(B, T, H, self.head_v)
         o = norm_gate(o, self.norm.weight, self.norm.eps, gate)
         return linear(o.reshape(B, T, self.value_dim), self.o_proj.weight), state

@@ -26,17 +26,19 @@ from torch import nn
 from archlab.model.canon import Canon, apply_canon, maybe_canon
 from archlab.model.cpu_bf16 import linear
 from archlab.model.fused import silu_mul
+from archlab.model.documents import Documents, chunk_doc_masks, masked
 from archlab.model.mixers import MIXERS, Mixer, MixerConfig
 from archlab.model.mixers.short_conv import (
     acc,
     causal_decay,
-    recurrent_core_inputs,
     chunk_states,
     fla_op,
     fp32_core,
     from_chunks,
     init_dt_bias,
     no_decay,
+    recurrent_core_inputs,
+    reset_state,
     run_core,
     to_chunks,
 )
@@ -57,16 +59,18 @@ def fused_recurrent_simple_gla(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    doc_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Token-by-token S_t = exp(g_t) S_{t-1} + k_t v_tᵀ, o_t = scale·S_tᵀ q_t. g: [B, T, H]; state [B, H, K, V].
+    """Token-by-token S_t = exp(g_t) S_{t-1} + k_t v_tᵀ, o_t = scale·S_tᵀ q_t. g: [B, T, H]; state [B, H, K, V];
+    doc_ids [B, T]: the state restarts at every document start.
 
     q, k may have fewer heads than v (see :func:`chunk_simple_gla`)."""
     T, Hq, H = q.shape[1], q.shape[2], v.shape[2]
     q, k = (t.repeat_interleave(H // Hq, dim=2) if H != Hq else t for t in (q, k))  # grouped q/k, as chunk_simple_gla
-    (q, k, v, g), S, out_dtype = recurrent_core_inputs(q, k, v, g, scale=scale, initial_state=initial_state)
+    (q, k, v, g), S, out_dtype, keep = recurrent_core_inputs(q, k, v, g, scale=scale, initial_state=initial_state, doc_ids=doc_ids)
     out = []
     for t in range(T):
-        S = g[:, t, :, None, None].exp() * S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        S = g[:, t, :, None, None].exp() * reset_state(S, keep, t) + k[:, t, :, :, None] * v[:, t, :, None, :]
         out.append((q[:, t, :, None, :] @ S)[:, :, 0])
     return torch.stack(out, dim=1).to(out_dtype), (S if output_final_state else None)
 
@@ -81,6 +85,7 @@ def chunk_simple_gla(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    doc_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked scalar-decay linear attention, equal to :func:`fused_recurrent_simple_gla`. Memory O(T·C).
 
@@ -97,6 +102,9 @@ def chunk_simple_gla(
 
     Beyond fla: q and k may have fewer heads Hq than v and g (H a multiple of Hq); q/k head i then serves
     heads i·H/Hq … (i+1)·H/Hq − 1 — Mamba2's n_groups — and QKᵀ is computed once per group.
+
+    doc_ids [B, T]: decays spanning a document start are multiplied by 0
+    (:func:`~archlab.model.documents.chunk_doc_masks`), so the state restarts at each document.
     """
     B, T, Hq, K = q.shape
     H, V = v.shape[2], v.shape[3]
@@ -119,22 +127,25 @@ def chunk_simple_gla(
 
     q = q * scale
     qk = q @ k.transpose(-1, -2)  # [B, Hq, N, C, C]
+    docs = None if doc_ids is None else chunk_doc_masks(doc_ids, T, C)  # same, carry_in, to_end, keep
+    same, carry_in, to_end, keep = (None,) * 4 if docs is None else (
+        docs[0][:, None], docs[1][:, None], docs[2][:, None, :, :, None], docs[3])  # [B, 1, N, C, C|-|1], [B, N]
     carry = initial_state is not None or output_final_state or N > 1  # any state between chunks
     if N == 0 or float(-G_last.detach().min()) <= MAX_FACTORISED_SPAN:
         ref = G_last[..., None] / 2  # [B, H, N, 1]
         v_cols = heads_to_columns(v * (ref - G).exp()[..., None])  # e^{r−G_j} v_j: [B, Hq, N, C, R*V]
-        o = (G - ref).exp()[..., None] * columns_to_heads(qk.tril() @ v_cols)  # [B, H, N, C, V]
+        o = (G - ref).exp()[..., None] * columns_to_heads(masked(qk.tril(), same) @ v_cols)  # [B, H, N, C, V]
         state_factor = (G_last / 2).exp()[..., None, None]  # e^{G_C−r}: turns e^{r−G_j} v_j into e^{G_C−G_j} v_j
     else:
-        A = qk[:, :, None] * causal_decay(G).view(B, Hq, R, N, C, C)  # [B, Hq, R, N, C, C]
+        A = qk[:, :, None] * masked(causal_decay(G), same).view(B, Hq, R, N, C, C)  # [B, Hq, R, N, C, C]
         o = (A @ v.view(B, Hq, R, N, C, V)).view(B, H, N, C, V)
         v_cols = heads_to_columns(v * (G_last[..., None] - G).exp()[..., None]) if carry else None
         state_factor = 1.0
     final = None
     if carry:
-        dS = columns_to_heads(k.transpose(-1, -2) @ v_cols) * state_factor  # [B, H, N, K, V]
-        states, final = chunk_states(G_last, dS, initial_state)
-        o = o + G.exp()[..., None] * columns_to_heads(q @ heads_to_columns(states))
+        dS = columns_to_heads(k.transpose(-1, -2) @ masked(v_cols, to_end)) * state_factor  # [B, H, N, K, V]
+        states, final = chunk_states(G_last, dS, initial_state, keep)
+        o = o + masked(G.exp(), carry_in)[..., None] * columns_to_heads(q @ heads_to_columns(states))
     return from_chunks(o, T).to(out_dtype), (final if output_final_state else None)
 
 
@@ -238,13 +249,13 @@ class Mamba2(Mixer):
         """(weight, rows) that residual='deepnorm' scales by beta at init: the value rows and the output projection."""
         return [(self.in_proj.weight, slice(self.d_inner, 2 * self.d_inner)), (self.out_proj.weight, slice(None))]
 
-    def forward(self, x: torch.Tensor, state: dict | None = None) -> tuple[torch.Tensor, dict | None]:
+    def forward(self, x: torch.Tensor, state: dict | None = None, docs: Documents | None = None) -> tuple[torch.Tensor, dict | None]:
         B, T, _ = x.shape
         H, P, N, G = self.n_heads, self.head_dim, self.N, self.G
-        zxbcdt = apply_canon(self.canon_b, linear(x, self.in_proj.weight), state, "canon_b")
+        zxbcdt = apply_canon(self.canon_b, linear(x, self.in_proj.weight), state, "canon_b", docs)
         z, xbc, dt = zxbcdt.split([self.d_inner, self.conv_dim, H], dim=-1)
         if self.conv is not None:
-            xbc = self.conv(xbc, state, "conv_xbc")
+            xbc = self.conv(xbc, state, "conv_xbc", docs)
             xbc = F.silu(xbc if self.conv_bias is None else xbc + self.conv_bias)
         xs, Bm, Cm = xbc.split([self.d_inner, G * N, G * N], dim=-1)
         xs = xs.reshape(B, T, H, P)
@@ -259,7 +270,7 @@ class Mamba2(Mixer):
             v = v.to(Cm.dtype)  # Δ is fp32; the kernels want q, k, v in one dtype
         else:
             chunk, rec, kw = chunk_simple_gla, fused_recurrent_simple_gla, {"chunk_size": self.cfg.chunk_size}
-        y = run_core(chunk, rec, (Cm, Bm, v, g), state, 1.0, kw)  # [B, T, H, P]
+        y = run_core(chunk, rec, (Cm, Bm, v, g), state, 1.0, kw, docs, self.cfg.backend == "fla")  # [B, T, H, P]
         y = y + xs * self.D[:, None].to(xs.dtype)
         y = self._gated_norm(y.reshape(B, T, self.d_inner), z)
         return linear(y, self.out_proj.weight), state

@@ -8,7 +8,9 @@
 * :func:`no_decay` — flag 1-D dynamics parameters (A_log, dt_bias, D) for AdamW without weight decay, no Muon.
 * :func:`fla_op` — lazy import of an fla kernel for ``backend: fla`` with a clear error when it cannot run.
 * :func:`run_core` — the decode/training dispatch every linear mixer shares: chunked form in training and
-  prefill (continuing from ``state["ssm"]``), recurrent form for single-token steps.
+  prefill (continuing from ``state["ssm"]``), recurrent form for single-token steps; with document masking,
+  the chunked form resets the state at every document start (fla kernels get the batch as one row with
+  ``cu_seqlens``).
 * :func:`to_chunks`, :func:`from_chunks`, :func:`chunk_states` — chunking helpers of the pure-torch
   chunked recurrences (zero padding of the tail, the states entering every chunk).
 """
@@ -18,13 +20,17 @@ from __future__ import annotations
 import functools
 import importlib
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from archlab.model.canon import Canon
+from archlab.model.documents import cu_seqlens, step_keep
+
+if TYPE_CHECKING:
+    from archlab.model.documents import Documents
 
 
 class ShortConvs(nn.Module):
@@ -43,9 +49,9 @@ class ShortConvs(nn.Module):
             else:  # fla models re-initialise every nn.Conv1d with N(0, initializer_range)
                 nn.init.normal_(conv.weight, std=self.init_std)
 
-    def forward(self, name: str, x: torch.Tensor, state: dict | None) -> torch.Tensor:
+    def forward(self, name: str, x: torch.Tensor, state: dict | None, docs: "Documents | None" = None) -> torch.Tensor:
         """x: [B, T, C] -> SiLU(causal conv(x)), reading/updating ``state['conv_<name>']`` when decoding."""
-        return self.convs[name](x, state, f"conv_{name}")
+        return self.convs[name](x, state, f"conv_{name}", docs)
 
 
 def init_dt_bias(p: torch.Tensor, dt_min: float, dt_max: float, dt_floor: float) -> None:
@@ -83,11 +89,28 @@ def run_core(
     state: dict | None,
     scale: float | None,
     chunk_kwargs: dict,
+    docs: "Documents | None" = None,
+    fla: bool = False,
 ) -> torch.Tensor:
-    """o from ``chunk(*args, ...)`` or (one decoding step) ``recurrent(*args, ...)``; keeps ``state['ssm']``."""
+    """o from ``chunk(*args, ...)`` or (one decoding step) ``recurrent(*args, ...)``; keeps ``state['ssm']``.
+
+    With ``docs`` (training / evaluation only) the state restarts at every document: the pure-torch forms take
+    ``doc_ids``; fla's kernels (``fla=True``) take the batch flattened to one row of B·T tokens and its
+    ``cu_seqlens``, every row starting a new sequence.
+    """
     if state is None:
-        o, _ = chunk(*args, scale=scale, **chunk_kwargs)
+        if docs is None or docs.single:
+            o, _ = chunk(*args, scale=scale, **chunk_kwargs)
+        elif fla:
+            B, T = args[0].shape[:2]
+            flat = [a.reshape(1, B * T, *a.shape[2:]) for a in args]
+            o, _ = chunk(*flat, scale=scale, cu_seqlens=cu_seqlens(docs.ids).long(), **chunk_kwargs)
+            o = o.view(B, T, *o.shape[2:])
+        else:
+            o, _ = chunk(*args, scale=scale, doc_ids=docs.ids, **chunk_kwargs)
         return o
+    if docs is not None:
+        raise ValueError("document masking applies to training / evaluation forwards, not to decoding with a cache")
     init = state.get("ssm")
     T = args[0].shape[1]
     if T == 1:
@@ -123,16 +146,23 @@ def acc(x: torch.Tensor) -> torch.Tensor:
 
 def recurrent_core_inputs(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *gates: torch.Tensor,
-    scale: float | None, initial_state: torch.Tensor | None,
-) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.dtype]:
+    scale: float | None, initial_state: torch.Tensor | None, doc_ids: torch.Tensor | None = None,
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.dtype, torch.Tensor | None]:
     """The shared start of the token-by-token cores: ((q·scale, k, v, *gates) in :func:`acc` dtype,
-    state S [B, H, K, V] (zeros or ``initial_state``), output dtype = v's). scale defaults to K^-0.5."""
+    state S [B, H, K, V] (zeros or ``initial_state``), output dtype = v's, keep [B, T] or None: 0 where a
+    document starts, see :func:`reset_state`). scale defaults to K^-0.5."""
     B, _, H, K = q.shape
     scale = K**-0.5 if scale is None else scale
     out_dtype = v.dtype
     q, k, v, *gates = (acc(t) for t in (q, k, v, *gates))
     S = q.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else acc(initial_state)
-    return (q * scale, k, v, *gates), S, out_dtype
+    keep = None if doc_ids is None else step_keep(doc_ids).to(S.dtype)
+    return (q * scale, k, v, *gates), S, out_dtype, keep
+
+
+def reset_state(S: torch.Tensor, keep: torch.Tensor | None, t: int) -> torch.Tensor:
+    """S [B, H, K, V] before step t, zeroed in the rows where step t starts a document (keep [B, T])."""
+    return S if keep is None else S * keep[:, t, None, None, None]
 
 
 def to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:
@@ -166,11 +196,13 @@ def causal_decay(G: torch.Tensor) -> torch.Tensor:
 
 
 def chunk_states(
-    log_decay: torch.Tensor, dS: torch.Tensor, S0: torch.Tensor | None
+    log_decay: torch.Tensor, dS: torch.Tensor, S0: torch.Tensor | None, keep: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """States entering every chunk and the state after the last one, for S_{n+1} = exp(a_n) ⊙ S_n + dS_n.
 
-    log_decay a: [B, H, N] (scalar per head) or [B, H, N, K] (per key channel); dS: [B, H, N, K, V].
+    log_decay a: [B, H, N] (scalar per head) or [B, H, N, K] (per key channel); dS: [B, H, N, K, V]; keep [B, N]
+    (document masking, :func:`~archlab.model.documents.chunk_doc_masks`): 0 where a document starts inside
+    chunk n, so that the entering state does not survive it.
     A sequential pass over the N = T / chunk_size chunks (measured faster on CPU than the closed form
     Σ_m exp(Σ_{m<l≤n} a_l) dS_m as one [N, N] matmul, and free of its N² cost). The inputs are unbound once:
     indexing chunk n inside the loop would make backward build a full-size gradient per chunk.
@@ -178,6 +210,8 @@ def chunk_states(
     """
     S = dS.new_zeros(dS[:, :, 0].shape) if S0 is None else S0.to(dS.dtype)
     decay = log_decay.exp()
+    if keep is not None:
+        decay = decay * (keep[:, None] if log_decay.dim() == 3 else keep[:, None, :, None])
     decay = decay[..., None, None] if log_decay.dim() == 3 else decay[..., None]  # broadcast over [K, V] / [V]
     states = []
     for d, ds in zip(decay.unbind(2), dS.unbind(2)):
