@@ -523,6 +523,7 @@ def reproduce(
     repro_out: Optional[Path] = typer.Option(None, "--out", help="output directory (default results/reproduce/CLAIM)"),
     no_run: bool = typer.Option(False, "--no-run", help="only write the report from the runs finished so far"),
     list_claims: bool = typer.Option(False, "--list", help="list the claims and their budgets"),
+    table: bool = typer.Option(False, "--table", help="print the markdown table of every claim's committed result"),
 ) -> None:
     """Reproduce a paper's claim: run its sweeps (resumable: finished runs are skipped) and write report.md with
     the effect, its 95% interval, a paired test over seeds and the verdict (shown / not shown).
@@ -534,11 +535,17 @@ def reproduce(
       archlab reproduce keel --jobs 2
 
       archlab reproduce keel --no-run          # the report from what has finished
+
+      archlab reproduce --table                # every claim's verdict (docs/reproductions.md)
     """
     from archlab.reproduce import claim_names, load_claim, run_claim
+    from archlab.reproduce.index import claims_table
     from archlab.reproduce.render import VERDICT_TXT
 
     try:
+        if table:
+            out.print(claims_table(budget=budget), markup=False, highlight=False, soft_wrap=True)
+            return
         if list_claims or claim is None:
             if claim is None and not list_claims:
                 raise ConfigError(f"give a claim name; known claims: {', '.join(claim_names())}")

@@ -14,6 +14,7 @@ from archlab.config import ConfigError
 from archlab.reproduce import claim_names, load_claim, run_claim
 from archlab.reproduce import analysis as an
 from archlab.reproduce.claim import Comparison
+from archlab.reproduce.index import claims_table
 from archlab.stats import t_quantile
 from archlab.sweep import SweepPlan, load_results, open_db, save_row
 
@@ -47,7 +48,7 @@ def _finished(out):
 
 
 def test_tiny_claim_end_to_end_then_skips_finished_runs(tmp_path, claims_dir):
-    out = tmp_path / "out"
+    out = tmp_path / "results" / "tiny"
     report = run_claim("tiny", "cpu", jobs=2, out=out, claims_dir=claims_dir).read_text()
     rows = _finished(out)
     assert len(rows) == 4 and all(cpu > 0 for _, _, cpu in rows.values())  # the child's own CPU seconds
@@ -68,6 +69,10 @@ def test_tiny_claim_end_to_end_then_skips_finished_runs(tmp_path, claims_dir):
     assert _finished(out) == rows  # nothing re-ran: same rows, same finish times
     assert len((out / "sittings.jsonl").read_text().splitlines()) == 1  # a sitting that ran nothing is not logged
     assert again.splitlines()[2] == line
+    e = effect
+    row = claims_table(tmp_path / "results", claims_dir=claims_dir).splitlines()[2]
+    assert row.startswith(f"| [tiny](../{out}/report.md) | Canon helps. | a paper's setting a paper's number | two 2-step runs per arm |")
+    assert f"AB vs none: {e['mean']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}] (n = 2) (4/4 runs)" in row
 
 
 def test_unknown_claim_and_bad_claim_files(tmp_path, claims_dir):

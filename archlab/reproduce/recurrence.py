@@ -29,7 +29,7 @@ from archlab.plots import plot_recurrence_sweep, plt
 from archlab.report import best_lr_per_arm
 from archlab.reproduce import analysis as an
 from archlab.reproduce.claim import Claim, Comparison, RecurrenceBudget
-from archlab.reproduce.render import command_line, fmt_effect, fmt_values, header, log_sitting, rel_path, write_outputs
+from archlab.reproduce.render import command_line, effect_dict, fmt_effect, fmt_values, header, log_sitting, rel_path, write_outputs
 from archlab.stats import paired_effect
 from archlab.sweep import DB_FILE, SweepPlan, load_results, prepare, run_plan
 
@@ -234,8 +234,9 @@ def write_report(claim: Claim, budget_name: str, pipe: Pipeline, jobs: int) -> P
               "(optimistic for both arms; common-LR effects above)."]
     summary = {"claim": claim.name, "budget": budget_name, "verdict": verdict, "runs_planned": planned, "runs_done": n_done,
                "cpu_s": cpu, "matched_steps": pipe.matched,
-               "comparisons": [{"heal_steps": h, "effect": None if r.effect is None else r.effect.__dict__, "verdict": r.verdict}
-                               for h, r in zip(b.heal_steps, results)]}
+               "comparisons": [{"name": r.comparison.name, "heal_steps": h, "decides": r.comparison.decides, "verdict": r.verdict,
+                                "healed_lr": r.treatment_lr, "static_lr": r.baseline_lr, "healed": r.treatment_values,
+                                "static": r.baseline_values, "effect": effect_dict(r.effect)} for h, r in zip(b.heal_steps, results)]}
     return write_outputs(out, lines, lines[2], summary)
 
 

@@ -31,6 +31,13 @@ def fmt_effect(e: PairedEffect | None) -> str:
     return f"{e.mean:+.4f} (95% CI {e.lo:+.4f} … {e.hi:+.4f}; n = {e.n}{p})"
 
 
+def effect_dict(e: PairedEffect | None) -> dict[str, Any] | None:
+    """What summary.json keeps of an effect."""
+    if e is None:
+        return None
+    return {"mean": e.mean, "sd": e.sd, "lo": e.lo, "hi": e.hi, "p": e.p, "n": e.n, "seeds_80": e.seeds_80, "diffs": list(e.diffs)}
+
+
 def fmt_values(values: list[float]) -> str:
     if not values:
         return "–"

@@ -27,7 +27,7 @@ from archlab.report import (
 )
 from archlab.reproduce import analysis as an
 from archlab.reproduce.claim import Claim, Comparison, SweepBudget
-from archlab.reproduce.render import command_line, fmt_effect, fmt_values, header, log_sitting, rel_path, write_outputs
+from archlab.reproduce.render import command_line, effect_dict, fmt_effect, fmt_values, header, log_sitting, rel_path, write_outputs
 from archlab.sweep import DB_FILE, RunSpec, SweepPlan, load_results, prepare, run_plan
 
 OnDone = Callable[[str, RunSpec, dict[str, Any], int, int], None]
@@ -307,10 +307,7 @@ def write_report(claim: Claim, budget_name: str, out: Path, sweep_plans: dict[st
 
 
 def _summary(r: an.ComparisonResult) -> dict[str, Any]:
-    e = r.effect
     return {"name": r.comparison.name, "metric": r.comparison.metric, "verdict": r.verdict, "decides": r.comparison.decides,
             "treatment": arm_label(r.treatment), "baseline": arm_label(r.baseline), "treatment_lr": r.treatment_lr,
             "baseline_lr": r.baseline_lr, "treatment_values": r.treatment_values, "baseline_values": r.baseline_values,
-            "effect": None if e is None else {"mean": e.mean, "sd": e.sd, "lo": e.lo, "hi": e.hi, "p": e.p, "n": e.n,
-                                              "seeds_80": e.seeds_80, "diffs": list(e.diffs)},
-            "per_lr": {str(lr): None if x is None else {"mean": x.mean, "lo": x.lo, "hi": x.hi} for lr, x in r.per_lr}}
+            "effect": effect_dict(r.effect), "per_lr": {str(lr): effect_dict(x) for lr, x in r.per_lr}}
