@@ -140,3 +140,41 @@ def test_best_lr_needs_every_seed_and_stability_rules(tmp_path):
     assert an.max_stable_lr(table[(("model.residual", "keel"),)], 3) == 0.01
     with pytest.raises(ConfigError, match="matches 2 arms"):
         an.find_arm(an.planned_arms(SweepPlan(None, [], {"a": [1, 2], "b": [1, 2]}, 1), "optim.lr"), {"a": 1}, "x")
+
+
+def test_report_sections_from_hand_made_runs(tmp_path):
+    """Per-depth table, first-block gradient and task metrics during training, from a fake sweep directory."""
+    from archlab.reproduce.claim import Claim
+    from archlab.reproduce.sweep_claim import write_report
+
+    grid = {"model.n_layers": [2, 8], "model.canon": ["", "AB"], "optim.lr": [0.01]}
+    claim = Claim.model_validate({
+        **CLAIM, "name": "fake", "path": tmp_path / "fake.yaml",
+        "budgets": {"cpu": {"setting": "fake", "sweeps": {"main": {"grid": grid, "seeds": 2}}}},
+        "compare": [{"name": "AB vs none at 8", "metric": "acc", "higher_is_better": True, "treatment": {"model.canon": "AB"},
+                     "baseline": {"model.canon": ""}, "at": {"model.n_layers": 8}}],
+        "report": {"by": "model.n_layers", "first_block_grad": True, "curves": ["acc"], "acquired": 0.5}})
+    sweep = tmp_path / "out" / "main"
+    sweep.mkdir(parents=True)
+    db = open_db(sweep)
+    for layers in (2, 8):
+        for canon in ("", "AB"):
+            for seed in (0, 1):
+                acc = (0.9 if canon else 0.2) + 0.01 * seed + (0.0 if layers == 8 else -0.1)
+                name = f"n_layers={layers}_canon={canon or 'none'}_lr=0.01_seed={seed}"
+                (sweep / name).mkdir()
+                recs = [{"step": 10, "loss": 2.0, "task": {"acc": acc / 2}, "norms": {"grad_norm": [0.5 + seed, 1.0]}},
+                        {"step": 20, "loss": 1.0, "norms": {"grad_norm": [0.25 + seed, 1.0]}}]
+                (sweep / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+                (sweep / name / "eval.json").write_text(json.dumps({"acc": acc}))
+                save_row(db, {"name": name, "params": json.dumps({"model.n_layers": layers, "model.canon": canon, "optim.lr": 0.01, "seed": seed}),
+                              "seed": seed, "status": "done", "val_loss": 1.0, "metrics": json.dumps({"acc": acc}), "cpu_time": 30.0})
+    db.close()
+    report = write_report(claim, "cpu", tmp_path / "out", {"main": claim.budgets["cpu"].sweeps["main"].plan(claim.path)}, 2).read_text()
+    assert "Verdict: shown" in report.splitlines()[2] and "4.0 CPU-minutes" in report
+    assert "| canon=∅ | 0.1050 ± 0.0071 (lr 0.01) | 0.2050 ± 0.0071 (lr 0.01) |" in report  # acc at n_layers 2 and 8
+    assert "| n_layers=8, canon=AB | 7.50e-01 |" in report  # block 0 at the last step: (0.25 + 1.25) / 2
+    # during training: AB at 8 layers has 0.455 at step 10 (< 0.5) and 0.905 at step 20; none never reaches 0.5
+    assert "| n_layers=8, canon=AB | 0.01 | 0.9050 ± 0.0071 | 20 |" in report
+    assert "| n_layers=8, canon=∅ | 0.01 | 0.2050 ± 0.0071 | not reached |" in report
+    assert (tmp_path / "out" / "task_metrics.png").is_file() and (tmp_path / "out" / "by_n_layers.png").is_file()

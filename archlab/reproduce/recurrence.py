@@ -25,10 +25,11 @@ import torch
 
 from archlab.checkpoint import MODEL_FILE, latest_intact, load_model_weights
 from archlab.config import RunConfig, load_config
-from archlab.plots import plot_recurrence_sweep, plt
+from archlab.plots import plot_recurrence_sweep
 from archlab.report import best_lr_per_arm
 from archlab.reproduce import analysis as an
 from archlab.reproduce.claim import Claim, Comparison, RecurrenceBudget
+from archlab.reproduce.figures import plot_points
 from archlab.reproduce.render import command_line, effect_dict, fmt_effect, fmt_values, header, log_sitting, rel_path, write_outputs
 from archlab.stats import paired_effect
 from archlab.sweep import DB_FILE, SweepPlan, load_results, prepare, run_plan
@@ -222,7 +223,9 @@ def write_report(claim: Claim, budget_name: str, pipe: Pipeline, jobs: int) -> P
     lines += ["", "Effect at each common LR (no selection): " + "; ".join(
         f"{h} steps: " + ", ".join(f"lr {lr:g} {'–' if e is None else f'{e.mean:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]'}" for lr, e in r.per_lr)
         for h, r in zip(b.heal_steps, results)), ""]
-    plot_trend(b.heal_steps, results, out / "effect_vs_healing.png")
+    plot_points({"healed − static": [(h, r.effect.mean, r.effect.lo, r.effect.hi) for h, r in zip(b.heal_steps, results) if r.effect]},
+                "healing steps", "healed − static val loss (nats/byte)", "equal training FLOPs (95% t-interval; < 0: recurrence wins)",
+                out / "effect_vs_healing.png", log2=True, zero=True)
     lines += ["![effect vs healing length](effect_vs_healing.png)", ""]
     lines += r_section(pipe, rows)
     lines += ["## Method", "",
@@ -277,18 +280,3 @@ def r_section(pipe: Pipeline, rows: dict[str, list[dict[str, Any]]]) -> list[str
         plot_recurrence_sweep(curves, pipe.out / "loss_vs_r.png", "loss", static)
         lines += ["![loss vs r](loss_vs_r.png)", ""]
     return lines
-
-
-def plot_trend(heal_steps: list[int], results: list[an.ComparisonResult], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=120)
-    pts = [(h, r.effect) for h, r in zip(heal_steps, results) if r.effect is not None]
-    if pts:
-        ax.errorbar([h for h, _ in pts], [e.mean for _, e in pts], yerr=[[e.mean - e.lo for _, e in pts], [e.hi - e.mean for _, e in pts]],
-                    marker="o", capsize=4)
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set(xlabel="healing steps", ylabel="healed − static val loss (nats/byte)", title="equal training FLOPs (95% t-interval; < 0: recurrence wins)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
