@@ -104,8 +104,8 @@ def stability(rows: Rows, plan: SweepPlan, lr_key: str, sweep_dir: Path) -> list
         per_lr = table.get(arm, {})
         top = an.max_stable_lr(per_lr, plan.seeds)
         bound = "≥ " if top is not None and top == max(lrs) else ""
-        lines.append(f"| {arm_label(arm)} | " + " | ".join(str(per_lr[lr]) if lr in per_lr else "–" for lr in lrs)
-                     + f" | {bound}{lr_text(top) if top is not None else 'none'} |")
+        largest = "–" if not per_lr else "none" if top is None else f"{bound}{lr_text(top)}"
+        lines.append(f"| {arm_label(arm)} | " + " | ".join(str(per_lr[lr]) if lr in per_lr else "–" for lr in lrs) + f" | {largest} |")
     return lines + ["", "(≥: stable at the largest LR tried, so only a lower bound.)", ""]
 
 
