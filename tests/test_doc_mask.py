@@ -212,8 +212,8 @@ def test_cores_reset_state_at_documents(name, decay):
 
 
 def test_chunk_masks_follow_their_definition():
-    same, carry_in, to_end, keep = chunk_doc_masks(doc_ids([[3, 6, 1]]), 10, 4)  # chunks [0..3] [4..7] [8, 9, pad, pad]
-    assert same.shape == (1, 3, 4, 4) and keep.tolist() == [[0, 1, 0]]  # doc 1 starts in chunk 0, doc 2 in chunk 2
+    visible, carry_in, to_end, keep = chunk_doc_masks(doc_ids([[3, 6, 1]]), 10, 4)  # chunks [0..3] [4..7] [8, 9, pad, pad]
+    assert visible.shape == (1, 3, 4, 4) and visible.dtype == torch.bool and keep.tolist() == [[0, 1, 0]]  # doc 1 starts in chunk 0, doc 2 in chunk 2
     assert carry_in[0].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     assert to_end[0].tolist() == [[0, 0, 0, 1], [1, 1, 1, 1], [0, 1, 1, 1]]  # the padding continues doc 2
 

@@ -10,7 +10,8 @@ code, a multi-token forward with an existing state uses that history, so chunked
 forward.
 
 Document masking (:mod:`archlab.model.documents`): a tap that would reach into the previous document reads
-zero instead, exactly as if each document were convolved alone with its own zero padding.
+zero instead, exactly as if each document were convolved alone with its own zero padding (a sparse correction
+of the unmasked conv at the positions next to document starts; dense masks under torch.compile).
 """
 
 from __future__ import annotations
@@ -61,9 +62,13 @@ class Canon(nn.Module):
         if self.residual and not self.activation:  # x + conv(x) = conv with 1 added to the current tap
             taps = torch.cat([taps[:-1], taps[-1:] + 1])
         acc = torch.promote_types(x.dtype, torch.float32)  # fp32 math under bf16 training (fp64 stays)
-        masks = None if docs is None or docs.single else docs.conv_masks(k, acc)  # [K-1, B, T, 1]
-        conv = causal_depthwise_conv if torch.compiler.is_compiling() else CausalDepthwiseConv.apply
-        y = conv(padded.to(acc), taps.to(acc), masks).to(x.dtype)
+        p, taps = padded.to(acc), taps.to(acc)
+        masked = docs is not None and not docs.single
+        if torch.compiler.is_compiling():  # dense masks [K-1, B, T, 1]: inductor fuses them into the conv's loop
+            y = causal_depthwise_conv(p, taps, docs.conv_masks(k, acc) if masked else None)
+        else:  # the unmasked conv, corrected at the few positions near document starts
+            y = CausalDepthwiseConv.apply(p, taps, *(docs.conv_fixups(k) if masked else (None, None, None)))
+        y = y.to(x.dtype)
         if self.activation:
             y = F.silu(y)
         return x + y if self.residual and self.activation else y
@@ -87,38 +92,41 @@ class CausalDepthwiseConv(torch.autograd.Function):
     depthwise conv1d (whose [B, C, T] layout also costs a transpose copy each way), and the kernel-gradient
     is K fused multiply-reductions over B*T.
 
-    With document masks m [K-1, B, T, 1] (tap k < K-1 counts only where m_k = 1; m_k implies m_{k+1}), the
-    forward is Horner's scheme y = ((p_0 w_0 · m_0 + p_1 w_1) · m_1 + ...) · m_{K-2} + p_{K-1} w_{K-1}:
-    one in-place multiply per tap more.
+    Document masking (:meth:`~archlab.model.documents.Documents.conv_fixups`): only the n positions within
+    K-1 tokens of a document start have taps that would reach into the previous document. Their products
+    (gathered rows ``src`` [n, K-1] of p, where ``invalid`` [n, K-1] is 1) are subtracted from the unmasked
+    result at ``rows`` [n], and their gradients likewise: an O(n·K·C) correction instead of K-1 more passes.
     """
 
     @staticmethod
-    def forward(ctx, p: torch.Tensor, taps: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, p: torch.Tensor, taps: torch.Tensor, rows: torch.Tensor | None, src: torch.Tensor | None,
+                invalid: torch.Tensor | None) -> torch.Tensor:
         K, T = taps.shape[0], p.shape[1] - taps.shape[0] + 1
-        ctx.save_for_backward(p, taps, masks)
-        if masks is None:
-            y = p[:, K - 1 :] * taps[K - 1]
-            for k in range(K - 1):
-                y.addcmul_(p[:, k : k + T], taps[k])
-            return y
-        y = p[:, :T] * taps[0]
-        for k in range(1, K):
-            y.mul_(masks[k - 1]).addcmul_(p[:, k : k + T], taps[k])
+        ctx.save_for_backward(p, taps, rows, src, invalid)
+        y = p[:, K - 1 :] * taps[K - 1]
+        for k in range(K - 1):
+            y.addcmul_(p[:, k : k + T], taps[k])
+        if rows is not None:
+            C = p.shape[-1]
+            reach = p.reshape(-1, C)[src] * invalid[..., None].to(p.dtype)  # [n, K-1, C]: the products to remove
+            y.view(-1, C).index_add_(0, rows, (reach * taps[:-1]).sum(1), alpha=-1)
         return y
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:  # g: [B, T, C]
-        p, taps, masks = ctx.saved_tensors
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None, None]:  # g: [B, T, C]
+        p, taps, rows, src, invalid = ctx.saved_tensors
         K, T = taps.shape[0], g.shape[1]
         gp = torch.zeros_like(p)
         gtaps = torch.empty_like(taps)
-        gk = g if masks is None else g.clone()  # masked: g ⊙ m_k for k = K-1, K-2, .. (m_k ⊆ m_{k+1}: in place)
-        for k in range(K) if masks is None else reversed(range(K)):
-            if masks is not None and k < K - 1:
-                gk.mul_(masks[k])
-            gp[:, k : k + T].addcmul_(gk, taps[k])
-            gtaps[k] = (gk * p[:, k : k + T]).sum((0, 1))
-        return gp, gtaps, None
+        for k in range(K):
+            gp[:, k : k + T].addcmul_(g, taps[k])
+            gtaps[k] = (g * p[:, k : k + T]).sum((0, 1))
+        if rows is not None:
+            C = p.shape[-1]
+            g_rows = g.reshape(-1, C)[rows][:, None] * invalid[..., None].to(g.dtype)  # [n, K-1, C]
+            gp.view(-1, C).index_add_(0, src.flatten(), (g_rows * taps[:-1]).reshape(-1, C), alpha=-1)
+            gtaps[:-1] -= (g_rows * p.reshape(-1, C)[src]).sum(0)
+        return gp, gtaps, None, None, None
 
 
 def maybe_canon(letter: str, dim: int, cfg) -> Canon | None:

@@ -94,13 +94,32 @@ class Documents:
 
     def conv_masks(self, kernel: int, dtype: torch.dtype) -> torch.Tensor:
         """[K-1, B, T, 1] in ``dtype``: mask k is 1 where tap k (reaching K-1-k steps back) stays inside the
-        document. Mask k implies mask k+1, which :class:`~archlab.model.canon.CausalDepthwiseConv` uses."""
+        document (the dense form, for torch.compile)."""
 
         def make() -> torch.Tensor:
             back = torch.arange(kernel - 1, 0, -1, device=self.ids.device)  # [K-1]: K-1 .. 1 steps back
             return (self.positions()[None] >= back[:, None, None]).to(dtype)[..., None]
 
         return self._cached(("conv", kernel, dtype), make)
+
+    def conv_fixups(self, kernel: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The positions whose conv taps reach into a previous document, for
+        :class:`~archlab.model.canon.CausalDepthwiseConv`: ``rows`` [n] (flat index b·T + t), ``src`` [n, K-1]
+        (flat index into the left-padded input [B, K-1+T] of tap k = 0..K-2) and ``invalid`` [n, K-1] (1 where tap
+        k, reaching K-1-k back, crosses the start). Only tokens 1..K-2 of every document but a row's first."""
+
+        def make() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            B, T = self.ids.shape
+            pos = self.positions()
+            t = torch.arange(T, device=self.ids.device)
+            near = (pos < kernel - 1) & (t > pos)  # [B, T]: close to a start that is not the window's
+            b, tt = near.nonzero(as_tuple=True)
+            k = torch.arange(kernel - 1, device=self.ids.device)
+            src = (b * (T + kernel - 1) + tt)[:, None] + k  # [n, K-1]: padded index t + k reads token t-(K-1-k)
+            invalid = (kernel - 1 - k)[None] > pos[b, tt][:, None]
+            return b * T + tt, src, invalid.float()
+
+        return self._cached(("fixups", kernel), make)
 
 
 def as_documents(doc_ids: torch.Tensor | None, ids: torch.Tensor) -> Documents | None:
@@ -119,12 +138,13 @@ def chunk_doc_masks(doc_ids: torch.Tensor, T: int, C: int) -> tuple[torch.Tensor
     document), d [B, N, C] the chunked ids and p_n the id of the token just before chunk n (chunk 0: its own
     first token, so an initial state carries into the first document):
 
-    * ``same`` [B, N, C, C]: d_i == d_j — the within-chunk decay exp(G_i − G_j) survives (no reset in (j, i]);
+    * ``visible`` [B, N, C, C] (bool): j ≤ i and d_i == d_j — step j reaches step i within the chunk (no reset
+      in (j, i]); the causal mask of the chunked forms, so that masking costs no extra pass there;
     * ``carry_in`` [B, N, C]: d_i == p_n — the state entering the chunk reaches step i;
     * ``to_end`` [B, N, C]: d_j == d_last — step j's update reaches the state leaving the chunk;
     * ``keep`` [B, N]: d_last == p_n — the entering state survives the whole chunk.
 
-    All float32 (1 or 0), shaped to be unsqueezed over heads (and key / value channels) by the caller.
+    The others float32 (1 or 0); all shaped to be unsqueezed over heads (and key / value channels) by the caller.
     """
     B = doc_ids.shape[0]
     pad = (-T) % C
@@ -132,11 +152,12 @@ def chunk_doc_masks(doc_ids: torch.Tensor, T: int, C: int) -> tuple[torch.Tensor
     d = d.view(B, -1, C)  # [B, N, C]
     last = d[..., -1]  # [B, N]
     prev = torch.cat([d[:, :1, 0], last[:, :-1]], dim=1)  # [B, N]: id just before each chunk
-    same = (d[..., :, None] == d[..., None, :]).float()
+    causal = torch.ones(C, C, dtype=torch.bool, device=d.device).tril()
+    visible = (d[..., :, None] == d[..., None, :]) & causal
     carry_in = (d == prev[..., None]).float()
     to_end = (d == last[..., None]).float()
     keep = (last == prev).float()
-    return same, carry_in, to_end, keep
+    return visible, carry_in, to_end, keep
 
 
 def masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

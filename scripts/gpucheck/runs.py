@@ -42,8 +42,9 @@ def run_name(label: str) -> str:
 
 
 def config(work: Path, label: str, device: torch.device, overrides: list[str]) -> RunConfig:
-    """A run of ``overrides`` on the checks' data, logging every step, in ``work/<label>``."""
-    return load_config(None, [*DATA, "train.log_every=1", "train.eval_batches=1", f"train.device={device.type}",
+    """A run of ``overrides`` on the checks' data (unless they name a task), logging every step, in ``work/<label>``."""
+    data = [] if any(o.startswith("data.name=") for o in overrides) else DATA
+    return load_config(None, [*data, "train.log_every=1", "train.eval_batches=1", f"train.device={device.type}",
                               *overrides, f"out_dir={work}", f"name={run_name(label)}"])
 
 

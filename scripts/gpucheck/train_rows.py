@@ -2,7 +2,7 @@
 and falling), and its cached decoding equals the full forward within bf16 tolerance.
 
 A row is a :class:`~gpucheck.rows.ConfigRow` (a name and config overrides) in ``ROWS``; to check one more
-setting, append one, e.g. ``ConfigRow("attention-rope doc-mask", [*MIXERS["attention-rope"][0], "data.doc_mask=true"], quick=True)``.
+setting, append one (as the document-masking rows below: every mixer with Canon on packed DEPO instances).
 Rows with ``quick=False`` are left out of ``--quick`` and ``--dry-run`` (whose rows still cover every mixer, both
 Canon settings and both residual styles).
 """
@@ -63,7 +63,10 @@ def matrix() -> list[ConfigRow]:
     return rows
 
 
-ROWS = matrix()
+DEPO_DOC_MASK = ["data.name=depo", "data.n_max=6", "data.k_max=2", "data.name_max_len=1", "data.mini_vocab=16",
+                 "data.n_queries=4", "data.doc_mask=true"]  # short instances: many documents per window
+ROWS = matrix() + [ConfigRow(f"{mixer} canon={full} doc-mask depo", [*overrides, f"model.canon={full}", *DEPO_DOC_MASK], True)
+                   for mixer, (overrides, full) in MIXERS.items()]
 
 
 def decode_error(model: torch.nn.Module, ids: torch.Tensor, prefill: int) -> float:
@@ -78,7 +81,7 @@ def decode_error(model: torch.nn.Module, ids: torch.Tensor, prefill: int) -> flo
 
 def held_out_ids(cfg: RunConfig, device: torch.device, length: int) -> torch.Tensor:
     """Held-out tokens [2, length] of the run's own task."""
-    tokens, _ = build_task(cfg.data, cfg.train.seq_len).batch("val", cfg.seed, 0, 0, 2)
+    tokens = build_task(cfg.data, cfg.train.seq_len).batch("val", cfg.seed, 0, 0, 2).tokens
     return tokens[:, :length].to(device)
 
 

@@ -109,9 +109,9 @@ def chunk_gated_delta_rule(
     q, k, v = (to_chunks(t, C) for t in (q, k, v))  # [B, H, N, C, K|V]
     G = to_chunks(g, C).cumsum(dim=-1)  # [B, H, N, C]
     beta = to_chunks(beta, C)  # [B, H, N, C]
-    docs = None if doc_ids is None else chunk_doc_masks(doc_ids, T, C)  # same, carry_in, to_end, keep
-    same, carry_in, to_end, keep = (None,) * 4 if docs is None else tuple(m[:, None] for m in docs)  # [B, 1, N, ...]
-    Gamma = masked(causal_decay(G), same)  # [B, H, N, C, C]
+    docs = None if doc_ids is None else chunk_doc_masks(doc_ids, T, C)  # visible, carry_in, to_end, keep
+    visible, carry_in, to_end, keep = (None,) * 4 if docs is None else tuple(m[:, None] for m in docs)  # [B, 1, N, ...]
+    Gamma = causal_decay(G, visible)  # [B, H, N, C, C]
     L = (beta[..., None] * (k @ k.transpose(-1, -2)) * Gamma).tril(-1)
     rhs = torch.cat([beta[..., None] * v, (beta * masked(G.exp(), carry_in))[..., None] * k], dim=-1)  # [B, H, N, C, V+K]
     U_tilde, W = torch.linalg.solve_triangular(L, rhs, upper=False, unitriangular=True).split([V, K], dim=-1)

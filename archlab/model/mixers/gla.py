@@ -129,7 +129,7 @@ def chunk_gla(
     q = q * scale
     G = gk.cumsum(dim=-2)  # [B, H, N, C, K], ≤ 0 and decreasing along C
     c, exact_diagonal = intra_chunk_plan(G, sub_chunk_size)
-    docs = None if doc_ids is None else chunk_doc_masks(doc_ids, T, C)  # same, carry_in, to_end, keep
+    docs = None if doc_ids is None else chunk_doc_masks(doc_ids, T, C)  # visible, carry_in, to_end, keep
 
     # -- intra-chunk scores A [B, H, N, C, C], one block of c rows at a time
     rows = []
@@ -146,11 +146,10 @@ def chunk_gla(
             diag = ((q[..., s : s + c, None, :] * k[..., None, s : s + c, :]) * rel).sum(-1)  # [.., c, c]
             block = torch.cat([block, diag], dim=-1)
         rows.append(F.pad(block, (0, C - block.shape[-1])) if block.shape[-1] < C else block)
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    A = (torch.cat(rows, dim=-2) if len(rows) > 1 else rows[0]).masked_fill(~causal, 0.0)
-    same, carry_in, to_end, keep = (None,) * 4 if docs is None else (
-        docs[0][:, None], docs[1][:, None, ..., None], docs[2][:, None, ..., None], docs[3])  # [B, 1, N, C, C|1]
-    o = masked(A, same) @ v  # [B, H, N, C, V]
+    visible, carry_in, to_end, keep = (torch.ones(C, C, dtype=torch.bool, device=q.device).tril(), None, None, None) \
+        if docs is None else (docs[0][:, None], docs[1][:, None, ..., None], docs[2][:, None, ..., None], docs[3])
+    A = (torch.cat(rows, dim=-2) if len(rows) > 1 else rows[0]).masked_fill(~visible, 0.0)  # causal (same document)
+    o = A @ v  # [B, H, N, C, V]
 
     # -- inter-chunk
     final = None

@@ -127,17 +127,17 @@ def chunk_simple_gla(
 
     q = q * scale
     qk = q @ k.transpose(-1, -2)  # [B, Hq, N, C, C]
-    docs = None if doc_ids is None else chunk_doc_masks(doc_ids, T, C)  # same, carry_in, to_end, keep
-    same, carry_in, to_end, keep = (None,) * 4 if docs is None else (
+    docs = None if doc_ids is None else chunk_doc_masks(doc_ids, T, C)  # visible, carry_in, to_end, keep
+    visible, carry_in, to_end, keep = (None,) * 4 if docs is None else (
         docs[0][:, None], docs[1][:, None], docs[2][:, None, :, :, None], docs[3])  # [B, 1, N, C, C|-|1], [B, N]
     carry = initial_state is not None or output_final_state or N > 1  # any state between chunks
     if N == 0 or float(-G_last.detach().min()) <= MAX_FACTORISED_SPAN:
         ref = G_last[..., None] / 2  # [B, H, N, 1]
         v_cols = heads_to_columns(v * (ref - G).exp()[..., None])  # e^{r−G_j} v_j: [B, Hq, N, C, R*V]
-        o = (G - ref).exp()[..., None] * columns_to_heads(masked(qk.tril(), same) @ v_cols)  # [B, H, N, C, V]
+        o = (G - ref).exp()[..., None] * columns_to_heads((qk.tril() if visible is None else qk.masked_fill(~visible, 0.0)) @ v_cols)  # [B, H, N, C, V]
         state_factor = (G_last / 2).exp()[..., None, None]  # e^{G_C−r}: turns e^{r−G_j} v_j into e^{G_C−G_j} v_j
     else:
-        A = qk[:, :, None] * masked(causal_decay(G), same).view(B, Hq, R, N, C, C)  # [B, Hq, R, N, C, C]
+        A = qk[:, :, None] * causal_decay(G, visible).view(B, Hq, R, N, C, C)  # [B, Hq, R, N, C, C]
         o = (A @ v.view(B, Hq, R, N, C, V)).view(B, H, N, C, V)
         v_cols = heads_to_columns(v * (G_last[..., None] - G).exp()[..., None]) if carry else None
         state_factor = 1.0

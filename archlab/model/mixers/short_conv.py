@@ -185,14 +185,16 @@ def from_chunks(x: torch.Tensor, T: int) -> torch.Tensor:
     return x.movedim(1, 3).reshape(B, N * C, H, D)[:, :T]
 
 
-def causal_decay(G: torch.Tensor) -> torch.Tensor:
+def causal_decay(G: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
     """Relative decays within a chunk: exp(G_i − G_j) for j ≤ i, 0 above the diagonal. G: [..., C] (cumulative
     log-decay) -> [..., C, C]. Masked to −∞ before exp, so every exponent taken is ≤ 0. The mask and exp run in
     place (neither the difference nor the masked copy is needed for backward): two [..., C, C] allocations
-    fewer, which on CPU is page-fault time as much as arithmetic."""
+    fewer, which on CPU is page-fault time as much as arithmetic. ``visible`` (document masking, broadcastable
+    bool [..., C, C] from :func:`~archlab.model.documents.chunk_doc_masks`) replaces the causal mask."""
     C = G.shape[-1]
-    causal = torch.ones(C, C, dtype=torch.bool, device=G.device).tril()
-    return (G[..., :, None] - G[..., None, :]).masked_fill_(~causal, -math.inf).exp_()
+    if visible is None:
+        visible = torch.ones(C, C, dtype=torch.bool, device=G.device).tril()
+    return (G[..., :, None] - G[..., None, :]).masked_fill_(~visible, -math.inf).exp_()
 
 
 def chunk_states(
