@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from archlab.cli import app
-from archlab.config import ConfigError
+from archlab.config import ConfigError, load_config
 from archlab.reproduce import claim_names, load_claim, run_claim
 from archlab.reproduce import analysis as an
 from archlab.reproduce.claim import Comparison
@@ -103,13 +103,17 @@ def test_shipped_claim_files_validate(name):
                     plan.config(spec)  # every run's config is valid (unknown keys, bad values)
 
 
+TEXT_CFG = load_config(None, ["data.max_bytes=200000", "train.seq_len=32", "train.batch_size=4", "train.eval_batches=2"])
+TEXT_RUN = TEXT_CFG.to_dict()
+
+
 def _fake(sweep_dir, runs):
     """runs: (residual, lr, seed, status, val_loss, train losses)."""
     db = open_db(sweep_dir)
     for style, lr, seed, status, val, losses in runs:
         name = f"residual={style}_lr={lr}_seed={seed}"
         (sweep_dir / name).mkdir(parents=True)
-        (sweep_dir / name / "config.yaml").write_text(yaml.safe_dump({"model": {"vocab_size": 257}}))
+        (sweep_dir / name / "config.yaml").write_text(yaml.safe_dump(TEXT_RUN))
         (sweep_dir / name / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "loss": x}) + "\n" for i, x in enumerate(losses)))
         save_row(db, {"name": name, "params": json.dumps({"model.residual": style, "optim.lr": lr, "seed": seed}), "seed": seed,
                       "status": status, "val_loss": val, "metrics": json.dumps({"loss": val} if val is not None else {})})
@@ -117,7 +121,7 @@ def _fake(sweep_dir, runs):
 
 
 def test_best_lr_needs_every_seed_and_stability_rules(tmp_path):
-    plan = SweepPlan(None, [], {"model.residual": ["pre", "keel"], "optim.lr": [0.01, 0.1]}, 3)
+    plan = SweepPlan(None, [], {"model.residual": ["pre", "keel", "post"], "optim.lr": [0.01, 0.1]}, 3)
     runs = []
     for seed in range(3):
         runs += [("pre", 0.01, seed, "done", 2.5 + 0.01 * seed, [5.5, 3.0, 2.5]),
@@ -126,6 +130,8 @@ def test_best_lr_needs_every_seed_and_stability_rules(tmp_path):
         runs.append(("keel", 0.1, seed, "failed" if seed == 2 else "done", None if seed == 2 else 1.5, [5.5, 2.0, 1.5]))
         # pre at 0.1 finished, but blew up late (val 4.3 > lowest train loss 2.6 + 0.5): unstable
         runs.append(("pre", 0.1, seed, "done", 4.3, [5.5, 2.6, 4.0]))
+        # post at 0.1 ends just above the unigram entropy of its val bytes: a collapsed, context-free model
+        runs.append(("post", 0.1, seed, "done", an.unigram_entropy(TEXT_CFG) + 0.01, [5.5, 3.3, 3.2]))
     _fake(tmp_path, runs)
     rows = load_results(tmp_path)
     c = Comparison(name="keel vs pre", metric="val_loss", higher_is_better=False, treatment={"model.residual": "keel"},
@@ -137,6 +143,8 @@ def test_best_lr_needs_every_seed_and_stability_rules(tmp_path):
     table = an.stability(rows, "optim.lr", tmp_path, 3)
     assert table[(("model.residual", "pre"),)] == {0.01: 3, 0.1: 0}
     assert table[(("model.residual", "keel"),)] == {0.01: 3, 0.1: 2}
+    assert table[(("model.residual", "post"),)] == {0.1: 0}
+    assert 2.5 < an.unigram_entropy(TEXT_CFG) < math.log(257)  # bytes of Python source: far below a uniform guess
     assert an.max_stable_lr(table[(("model.residual", "keel"),)], 3) == 0.01
     with pytest.raises(ConfigError, match="matches 2 arms"):
         an.find_arm(an.planned_arms(SweepPlan(None, [], {"a": [1, 2], "b": [1, 2]}, 1), "optim.lr"), {"a": 1}, "x")

@@ -8,6 +8,8 @@ on the same runs that measure it, so it flatters both arms a little (the effect 
 
 from __future__ import annotations
 
+import collections
+import functools
 import itertools
 import json
 import math
@@ -16,16 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archlab.config import ConfigError
+from archlab.config import ConfigError, RunConfig, load_config
 from archlab.report import Arm, arm_of, best_lr_per_arm, group, metric_of
 from archlab.reproduce.claim import Comparison
 from archlab.stats import PairedEffect, paired_effect, verdict
 from archlab.sweep import SweepPlan
 
 PENDING = "pending"
-# stable: finished with finite losses, final val loss at least LEARN_MARGIN below a uniform guess (ln V), and at
-# most SPIKE_MARGIN above the lowest training loss the run logged (a late blow-up it did not recover from fails).
-LEARN_MARGIN, SPIKE_MARGIN = 1.0, 0.5
+# stable: finished with finite losses, final val loss below the unigram entropy of its own val targets (it uses its
+# context: a run stuck on the context-free plateau has collapsed), and at most SPIKE_MARGIN above the lowest training
+# loss the run logged (a late blow-up it did not recover from fails).
+SPIKE_MARGIN = 0.5
 
 
 def _norm(value: Any) -> Any:
@@ -130,11 +133,25 @@ def claim_verdict(results: list[ComparisonResult]) -> str:
     return "contradicted" if "contradicted" in deciding else "not shown"
 
 
-def uniform_loss(run_dir: Path) -> float:
-    """ln V of the run's vocabulary: the loss of a uniform guess, about an untrained model's."""
-    import yaml
+def unigram_entropy(cfg: RunConfig) -> float:
+    """Entropy (nats) of the target tokens of a run's val batches (the ones its val loss is measured on): the loss
+    of the best context-free predictor of exactly those tokens."""
+    return _unigram(json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True), cfg.train.seq_len, cfg.seed,
+                    cfg.train.eval_batches, cfg.train.batch_size // cfg.train.grad_accum)
 
-    return math.log(yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["vocab_size"])
+
+@functools.lru_cache(maxsize=64)
+def _unigram(data_json: str, seq_len: int, seed: int, n_batches: int, batch_size: int) -> float:
+    from archlab.config import build_config
+    from archlab.tasks import build_task
+
+    task = build_task(build_config({"data": json.loads(data_json)}).data, seq_len)
+    counts: collections.Counter[int] = collections.Counter()
+    for i in range(n_batches):
+        b = task.batch("val", seed, 0, i, batch_size)
+        counts.update(b.tokens[:, 1:][b.loss_mask[:, 1:]].tolist())
+    n = sum(counts.values())
+    return -sum(c / n * math.log(c / n) for c in counts.values())
 
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
@@ -143,13 +160,13 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def is_stable(row: dict[str, Any], sweep_dir: Path) -> bool:
-    """See LEARN_MARGIN / SPIKE_MARGIN. A run stopped on NaN/Inf is 'failed' and so unstable."""
+    """See SPIKE_MARGIN. A run stopped on NaN/Inf is 'failed' and so unstable."""
     run_dir = sweep_dir / row["name"]
     val = row.get("val_loss")
     if row["status"] != "done" or val is None or not math.isfinite(val) or not (run_dir / "config.yaml").is_file():
         return False
     losses = [r["loss"] for r in read_records(run_dir) if math.isfinite(r.get("loss", math.nan))]
-    return bool(losses) and val < uniform_loss(run_dir) - LEARN_MARGIN and val <= min(losses) + SPIKE_MARGIN
+    return bool(losses) and val < unigram_entropy(load_config(run_dir / "config.yaml")) and val <= min(losses) + SPIKE_MARGIN
 
 
 def stability(rows: list[dict[str, Any]], lr_key: str, sweep_dir: Path, seeds: int) -> dict[Arm, dict[Any, int]]:

@@ -97,8 +97,9 @@ def against(rows: Rows, plan: SweepPlan, metric: str, higher: bool, lr_key: str,
 def stability(rows: Rows, plan: SweepPlan, lr_key: str, sweep_dir: Path) -> list[str]:
     table, lrs = an.stability(rows, lr_key, sweep_dir, plan.seeds), plan.grid[lr_key]
     lines = [f"## Stability (stable seeds of {plan.seeds} per LR; largest LR at which all were stable)", "",
-             f"Stable = finished without a NaN/Inf stop, final val loss at least {an.LEARN_MARGIN:g} nat below a uniform guess "
-             f"(ln V) and at most {an.SPIKE_MARGIN:g} nat above the lowest training loss the run logged.", ""]
+             "Stable = finished without a NaN/Inf stop, final val loss below the unigram entropy of its own val targets "
+             "(the best context-free prediction: a run on that plateau has collapsed) and at most "
+             f"{an.SPIKE_MARGIN:g} nat above the lowest training loss the run logged (no late blow-up).", ""]
     lines += _table(["arm", *map(lr_text, lrs), "largest stable LR"])
     for arm in an.planned_arms(plan, lr_key):
         per_lr = table.get(arm, {})
