@@ -56,5 +56,11 @@ gpu-wheels:
 	$(WHEEL_PY) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYVER) --platform any -d .whl $(FLA_WHEELS)
 	ls -l .whl
 
+# Every paper claim, one after another (resumable: finished runs are skipped); results in results/reproduce/CLAIM.
+# The recurrence claim exports an HF Llama, so the dev extras (transformers) are installed.
+CLAIMS ?= canon_depo canon_tasks keel multipliers recurrence
+reproduce: $(VENV)/.installed-dev
+	for c in $(CLAIMS); do $(VENV)/bin/archlab reproduce $$c --jobs 2 || exit 1; done
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -46,6 +46,7 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N | mps")
     eval_every: int = Field(0, ge=0, description="0 = only at the end")
+    eval_task: bool = Field(False, description="at every eval_every, also record the task's own metrics (e.g. accuracy per hop) under 'task'")
     eval_batches: int = Field(4, gt=0)
     log_every: int = Field(10, gt=0)
     ckpt_every: int = Field(0, ge=0, description="0 = only at the end")

@@ -5,8 +5,8 @@ per hop / length for task metrics that end in a number), PNGs linked from ``repo
 
 from __future__ import annotations
 
-import itertools
 import json
+import math
 import re
 import statistics
 from collections import defaultdict
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from archlab.plots import plt
+from archlab.stats import sign_flip_p
 from archlab.sweep import SWEEP_FILE, load_results
 
 Arm = tuple[tuple[str, Any], ...]
@@ -35,14 +36,6 @@ def fmt(values: list[float]) -> str:
     return f"{m:.4f} ± {s:.4f}"
 
 
-def sign_flip_p(diffs: list[float]) -> float:
-    """Exact two-sided paired permutation (sign-flip) test of mean(diffs) = 0."""
-    observed = abs(statistics.fmean(diffs))
-    flips = list(itertools.product((1, -1), repeat=len(diffs)))
-    extreme = sum(abs(statistics.fmean(s * d for s, d in zip(signs, diffs))) >= observed - 1e-12 for signs in flips)
-    return extreme / len(flips)
-
-
 def arm_of(row: dict[str, Any], drop: set[str]) -> Arm:
     return tuple((k, v) for k, v in row["params"].items() if k not in drop)
 
@@ -58,13 +51,16 @@ def group(rows: list[dict[str, Any]], drop: set[str]) -> dict[Arm, list[dict[str
     return dict(groups)
 
 
-def best_lr_per_arm(rows: list[dict[str, Any]], metric: str, lr_key: str, higher: bool) -> dict[Arm, list[dict[str, Any]]]:
-    """For each arm (swept keys minus seed and LR): the rows of the LR with the best mean metric."""
+def best_lr_per_arm(rows: list[dict[str, Any]], metric: str, lr_key: str, higher: bool,
+                    seeds: int | None = None) -> dict[Arm, list[dict[str, Any]]]:
+    """For each arm (swept keys minus seed and LR): the rows of the LR with the best mean metric.
+    With ``seeds``, only LRs at which that many runs have a finite metric compete (a diverged seed rules its LR out)."""
     best: dict[Arm, list[dict[str, Any]]] = {}
     for arm, arm_rows in group(rows, {"seed", lr_key}).items():
         by_lr = group(arm_rows, {"seed"})
         scored = [(statistics.fmean(v), lr_rows) for lr_rows in by_lr.values()
-                  if (v := [m for r in lr_rows if (m := metric_of(r, metric)) is not None])]
+                  if (v := [m for r in lr_rows if (m := metric_of(r, metric)) is not None and (seeds is None or math.isfinite(m))])
+                  and (seeds is None or len(v) >= seeds)]
         if scored:
             best[arm] = (max if higher else min)(scored, key=lambda t: t[0])[1]
     return best

@@ -44,11 +44,12 @@ CREATE TABLE IF NOT EXISTS runs (
     tokens INTEGER,
     wall_time REAL,
     error TEXT,
-    finished TEXT
+    finished TEXT,
+    cpu_time REAL         -- CPU seconds of the run's process (user + system, all its threads)
 )
 """
 COLUMNS = ["name", "config_hash", "params", "seed", "status", "final_loss", "best_loss", "val_loss", "metrics",
-           "tokens", "wall_time", "error", "finished"]
+           "tokens", "wall_time", "error", "finished", "cpu_time"]
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,21 @@ class SweepPlan:
         return load_config(self.base, [*self.overrides, *spec.overrides])
 
     def meta(self) -> dict[str, Any]:
-        return json.loads(json.dumps({"base": str(self.base) if self.base else None, "overrides": self.overrides,
-                                      "grid": self.grid, "seeds": self.seeds}))
+        """What identifies the sweep: the recipe (path and content hash), overrides, grid and seeds."""
+        base_sha = hashlib.sha256(self.base.read_bytes()).hexdigest()[:16] if self.base else None
+        return json.loads(json.dumps({"base": str(self.base) if self.base else None, "base_sha": base_sha,
+                                      "overrides": self.overrides, "grid": self.grid, "seeds": self.seeds}))
+
+
+def same_plan(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Two sweep.json plans agree. The recipe is compared by content when both record its hash, so a sweep
+    directory stays resumable from another checkout (another absolute path to the same recipe)."""
+    old, new = {k: v for k, v in old.items() if k != "report"}, dict(new)
+    if old.get("base_sha") and new.get("base_sha"):
+        old.pop("base"), new.pop("base")
+    else:
+        old.pop("base_sha", None), new.pop("base_sha", None)
+    return old == new
 
 
 SWEEP_FILE_KEYS = {"base", "overrides", "grid", "seeds", "report"}
@@ -178,6 +192,8 @@ def config_hash(tree: dict[str, Any]) -> str:
 def open_db(sweep_dir: Path) -> sqlite3.Connection:
     db = sqlite3.connect(sweep_dir / DB_FILE, timeout=30, check_same_thread=False)
     db.execute(SCHEMA)
+    if "cpu_time" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:  # a table from before cpu_time
+        db.execute("ALTER TABLE runs ADD COLUMN cpu_time REAL")
     return db
 
 
@@ -201,11 +217,11 @@ def train_command(spec: RunSpec, plan: SweepPlan, sweep_dir: Path, threads: int,
 
 
 def collect_row(spec: RunSpec, plan: SweepPlan, sweep_dir: Path, returncode: int | None = 0,
-                wall_time: float | None = None) -> dict[str, Any]:
+                wall_time: float | None = None, cpu_time: float | None = None) -> dict[str, Any]:
     """The results row of one run from its run directory (metrics.jsonl, eval.json, log.txt)."""
     run_dir = sweep_dir / spec.name
     row: dict[str, Any] = {"name": spec.name, "params": json.dumps(spec.params), "seed": spec.params["seed"],
-                           "wall_time": wall_time, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                           "wall_time": wall_time, "cpu_time": cpu_time, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                            "config_hash": config_hash(plan.config(spec).to_dict())}
     if returncode != 0 or not (run_dir / "eval.json").is_file():
         log = run_dir / "log.txt"
@@ -218,15 +234,23 @@ def collect_row(spec: RunSpec, plan: SweepPlan, sweep_dir: Path, returncode: int
 
 
 def run_one(spec: RunSpec, plan: SweepPlan, sweep_dir: Path, threads: int) -> dict[str, Any]:
-    """Train one run in a child process; return its results row."""
+    """Train one run in a child process; return its results row (with the child's own CPU time, from wait4:
+    on a shared machine wall time measures the neighbours too)."""
     run_dir = sweep_dir / spec.name
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     t0 = time.time()
     with open(run_dir / "log.txt", "a") as log:
-        proc = subprocess.run(train_command(spec, plan, sweep_dir, threads), stdout=log, stderr=subprocess.STDOUT,
-                              env=env, stdin=subprocess.DEVNULL)
-    return collect_row(spec, plan, sweep_dir, proc.returncode, time.time() - t0)
+        proc = subprocess.Popen(train_command(spec, plan, sweep_dir, threads), stdout=log, stderr=subprocess.STDOUT,
+                                env=env, stdin=subprocess.DEVNULL)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return collect_row(spec, plan, sweep_dir, proc.returncode, time.time() - t0, usage.ru_utime + usage.ru_stime)
 
 
 def _local(todo: list[RunSpec], plan: SweepPlan, sweep_dir: Path, jobs: int, threads: int) -> Iterator[tuple[RunSpec, dict]]:
@@ -263,7 +287,7 @@ def prepare(sweep_dir: Path, plan: SweepPlan) -> list[RunSpec]:
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         old.pop("report", None)
-        if old != plan.meta():
+        if not same_plan(old, plan.meta()):
             raise ConfigError(f"{meta_path}: this sweep directory was made with different settings ({old}); use another directory")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps({**plan.meta(), "report": plan.report}, indent=2))

@@ -272,6 +272,8 @@ def _train(cfg: RunConfig, run_dir: str | Path | None, resume: str, progress: Pr
                 record["norms"] = norm_stats.collect()
             if tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:
                 record["val_loss"] = masked_loss_eval(model, task, "val", cfg.seed, tc.eval_batches, eval_bs, tc.precision)["loss"]
+                if tc.eval_task and type(task).evaluate is not Task.evaluate:  # e.g. when each hop is acquired
+                    record["task"] = task.evaluate(model, cfg.seed, tc.eval_batches, eval_bs)
             if done % tc.log_every == 0 or done == end_step or "val_loss" in record:
                 loggers.log(done, record)
             if progress:

@@ -6,7 +6,7 @@ import statistics
 import pytest
 
 from archlab.config import ConfigError, load_config
-from archlab.report import build_report, sign_flip_p
+from archlab.report import build_report
 from archlab.sweep import expand, load_results, parse_grid, run_sweep
 from archlab.train import train
 
@@ -59,7 +59,3 @@ def test_failed_run_is_recorded_and_does_not_stop_the_sweep(tmp_path):
     assert bad[0] == "failed" and "/does/not/exist" in bad[1] and "does not exist" in bad[1]
     assert sum(s == "done" for s, _ in status.values()) == 1
 
-
-def test_sign_flip_p_is_exact():
-    assert sign_flip_p([1.0, 1.0, 1.0]) == pytest.approx(2 / 8)
-    assert sign_flip_p([1.0, -1.0, 1.0, -1.0]) == 1.0

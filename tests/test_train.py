@@ -122,3 +122,16 @@ def test_muon_takes_only_hidden_matrices(tmp_path):
     assert muon_names == {n for n, p in model.named_parameters() if p.ndim == 2 and n.startswith("blocks.")}
     decayed = {names[id(p)] for g in adamw.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {"embed.weight", "head.weight"}  # norms and Canon kernels: no decay, no Muon
+
+
+def test_eval_task_records_task_metrics_during_training_without_changing_it(tmp_path):
+    depo = ["data.name=depo", "data.n_max=4", "data.k_max=2", "data.name_max_len=1", "data.mini_vocab=8", "train.steps=4",
+            "train.eval_every=2", "train.seq_len=64"]
+    plain = train(cfg(tmp_path, *depo, "name=plain"))
+    traced = train(cfg(tmp_path, *depo, "name=traced", "train.eval_task=true"))
+    assert losses(traced.run_dir) == losses(plain.run_dir)  # evaluating does not perturb training
+    records = read_metrics(traced.run_dir)
+    task = next(r["task"] for r in records if r["step"] == 2)
+    assert set(task) >= {"acc", "acc_k1", "acc_k2"} and 0.0 <= task["acc_k1"] <= 1.0
+    assert all("task" not in r for r in read_metrics(plain.run_dir))
+    assert "task" not in records[-1]  # the final step's metrics are eval.json's

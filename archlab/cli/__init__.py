@@ -37,6 +37,7 @@ app.command()(info.info)
 app.command()(experiments.sweep)
 app.command()(experiments.report)
 app.command()(experiments.scorecard)
+app.command()(experiments.reproduce)
 app.command()(info.demo)
 app.add_typer(data.app, name="data")
 

@@ -1,4 +1,4 @@
-"""Commands over many runs: ``sweep``, ``report``, ``scorecard``."""
+"""Commands over many runs: ``sweep``, ``report``, ``scorecard``, ``reproduce``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from archlab.cli.common import console, fail, load_pair, out
 from archlab.config import ConfigError
+from archlab.reproduce import claim_names, load_claim, run_claim
+from archlab.reproduce.index import claims_table
+from archlab.reproduce.render import VERDICT_TXT
 
 
 def sweep(
@@ -126,3 +129,48 @@ def scorecard(
     n_failed = sum(r["status"] != "done" for r in rows)
     out.print(path.read_text(), markup=False, highlight=False, soft_wrap=True)
     out.print(f"{len(rows)} runs this time ({n_failed} failed; earlier finished runs skipped). scorecard: {path}")
+
+
+def reproduce(
+    claim: Optional[str] = typer.Argument(None, help="claim name: a file configs/reproduce/CLAIM.yaml (see --list)"),
+    budget: str = typer.Option("cpu", help="cpu (sized for <= 60 min on 2 cores) | gpu (larger; the claim file's budgets)"),
+    jobs: int = typer.Option(1, min=1, help="parallel runs (CPU threads are shared fairly)"),
+    repro_out: Optional[Path] = typer.Option(None, "--out", help="output directory (default results/reproduce/CLAIM)"),
+    no_run: bool = typer.Option(False, "--no-run", help="only write the report from the runs finished so far"),
+    list_claims: bool = typer.Option(False, "--list", help="list the claims and their budgets"),
+    table: bool = typer.Option(False, "--table", help="print the markdown table of every claim's committed result"),
+) -> None:
+    """Reproduce a paper's claim: run its sweeps (resumable: finished runs are skipped) and write report.md with
+    the effect, its 95% interval, a paired test over seeds and the verdict (shown / not shown).
+
+    Examples:
+
+      archlab reproduce --list
+
+      archlab reproduce keel --jobs 2
+
+      archlab reproduce keel --no-run          # the report from what has finished
+
+      archlab reproduce --table                # every claim's verdict (docs/reproductions.md)
+    """
+    try:
+        if table:
+            out.print(claims_table(budget=budget), markup=False, highlight=False, soft_wrap=True)
+            return
+        if list_claims or claim is None:
+            if claim is None and not list_claims:
+                raise ConfigError(f"give a claim name; known claims: {', '.join(claim_names())}")
+            for name in claim_names():
+                c = load_claim(name)
+                out.print(f"{name}: {c.title} (budgets: {', '.join(c.budgets)})", highlight=False)
+            return
+
+        def done(label, spec, row, i, n):
+            status = "[green]done[/]" if row["status"] == "done" else f"[red]failed[/]: {(row['error'] or '')[-200:]}"
+            console.print(f"{label} {spec.name} ({i}/{n}): {status}")
+
+        path = run_claim(claim, budget, jobs, repro_out, execute=not no_run, on_done=done)
+    except ConfigError as err:
+        fail(str(err))
+    out.print(path.read_text(), markup=False, highlight=False, soft_wrap=True)
+    out.print(f"report: {path}\nverdict: {(path.parent / VERDICT_TXT).read_text().strip()}", markup=False, highlight=False, soft_wrap=True)
