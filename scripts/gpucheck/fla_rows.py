@@ -1,6 +1,7 @@
 """Section 2: archlab's fla path (``model.mixer.backend=fla``: fla's Triton kernels) against its pure-torch path
 for GLA, Gated DeltaNet and Mamba2's SSD core (``chunk_simple_gla``): the same weights and input, relative error
-of the output and of every gradient (fp32), and the fwd+bwd speed ratio in bf16 at T = 2048 and 8192.
+of the output and of every gradient (fp32), also with document masking (fla gets the batch as one row with
+``cu_seqlens``), and the fwd+bwd speed ratio in bf16 at T = 2048 and 8192.
 
 Skipped, saying why, without CUDA or without an importable ``fla``; an fla that is installed but fails is a failure.
 """
@@ -13,6 +14,7 @@ from functools import partial
 
 import torch
 
+from archlab.model.documents import Documents
 from gpucheck.rows import Context, Outcome, RowSpec, Skip
 from gpucheck.runs import rel
 from mixer_throughput import FLA, build, time_training
@@ -45,11 +47,18 @@ def unavailable(device: torch.device) -> str | None:
     return None
 
 
-def accuracy(mixer: str, s: Sizes, device: torch.device) -> dict[str, float]:
+def packed_documents(T: int, device: torch.device) -> Documents:
+    """Two rows of documents of 1..T/4 tokens (fixed lengths), as a packed batch holds them."""
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.repeat_interleave(torch.arange(T), torch.randint(1, T // 4 + 1, (T,), generator=g))[:T] for _ in range(2)]
+    return Documents(torch.stack(rows).to(device))
+
+
+def accuracy(mixer: str, s: Sizes, device: torch.device, docs: Documents | None = None) -> dict[str, float]:
     """Relative errors of fla against torch: the output, and the worst gradient (input and every parameter)."""
     ref, fla = build(mixer, s.d).to(device), build(mixer + FLA, s.d).to(device)  # the same seed: the same weights
     x = torch.randn(2, s.check_len, s.d, device=device, requires_grad=True)
-    y_ref, y = ref(x)[0], fla(x)[0]
+    y_ref, y = ref(x, None, docs)[0], fla(x, None, docs)[0]
     g = torch.randn_like(y_ref)
     grads_ref = torch.autograd.grad(y_ref, [x, *ref.parameters()], g)
     grads = torch.autograd.grad(y, [x, *fla.parameters()], g)
@@ -62,13 +71,18 @@ def check(mixer: str, ctx: Context) -> Outcome:
         raise Skip(why)
     s = SIZES[ctx.mode]
     numbers = accuracy(mixer, s, ctx.device)
+    masked = accuracy(mixer, s, ctx.device, packed_documents(s.check_len, ctx.device))
+    numbers |= {f"docmask_{k}": v for k, v in masked.items()}
     for T in s.seq_lens:
         tok_s = time_training([mixer, mixer + FLA], max(1, s.tokens // T), T, s.d, s.reps, "bf16", str(ctx.device))
         numbers |= {f"torch_tok_s_T{T}": tok_s[mixer], f"fla_tok_s_T{T}": tok_s[mixer + FLA],
                     f"fla_speedup_T{T}": tok_s[mixer + FLA] / tok_s[mixer]}
-    problems = [f"forward rel err {numbers['fwd_rel_err']:.1e} > {FWD_TOL:.0e}"] if numbers["fwd_rel_err"] > FWD_TOL else []
-    if numbers["grad_rel_err_max"] > GRAD_TOL:
-        problems.append(f"gradient rel err {numbers['grad_rel_err_max']:.1e} > {GRAD_TOL:.0e}")
+    problems = []
+    for prefix in ("", "docmask_"):
+        if numbers[f"{prefix}fwd_rel_err"] > FWD_TOL:
+            problems.append(f"{prefix}forward rel err {numbers[f'{prefix}fwd_rel_err']:.1e} > {FWD_TOL:.0e}")
+        if numbers[f"{prefix}grad_rel_err_max"] > GRAD_TOL:
+            problems.append(f"{prefix}gradient rel err {numbers[f'{prefix}grad_rel_err_max']:.1e} > {GRAD_TOL:.0e}")
     return Outcome(not problems, numbers, "; ".join(problems))
 
 
