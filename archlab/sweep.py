@@ -89,15 +89,32 @@ class SweepPlan:
                                       "overrides": self.overrides, "grid": self.grid, "seeds": self.seeds}))
 
 
-def same_plan(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Two sweep.json plans agree. The recipe is compared by content when both record its hash, so a sweep
-    directory stays resumable from another checkout (another absolute path to the same recipe)."""
-    old, new = {k: v for k, v in old.items() if k != "report"}, dict(new)
+def _comparable(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both plans without what does not identify a sweep. The recipe is compared by content when both record its
+    hash, so a sweep directory stays resumable from another checkout (another absolute path to the same recipe)."""
+    old, new = {k: v for k, v in old.items() if k != "report"}, {k: v for k, v in new.items() if k != "report"}
     if old.get("base_sha") and new.get("base_sha"):
         old.pop("base"), new.pop("base")
     else:
         old.pop("base_sha", None), new.pop("base_sha", None)
+    return old, new
+
+
+def same_plan(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Two sweep.json plans agree."""
+    old, new = _comparable(old, new)
     return old == new
+
+
+def grows_plan(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """``new`` only adds to ``old``: the same recipe and overrides, the same swept keys, every old value still in
+    the grid and at least as many seeds. The finished runs of ``old`` are then runs of ``new`` (a run's name and
+    config follow from its values), e.g. an LR grid widened because the best LR sat at its edge."""
+    old, new = _comparable(old, new)
+    rest = [k for k in old.keys() | new.keys() if k not in ("grid", "seeds")]
+    if any(old.get(k) != new.get(k) for k in rest) or old["grid"].keys() != new["grid"].keys():
+        return False
+    return new["seeds"] >= old["seeds"] and all(v in new["grid"][k] for k, vs in old["grid"].items() for v in vs)
 
 
 SWEEP_FILE_KEYS = {"base", "overrides", "grid", "seeds", "report"}
@@ -279,7 +296,8 @@ def _ray(todo: list[RunSpec], plan: SweepPlan, sweep_dir: Path, jobs: int, threa
 
 
 def prepare(sweep_dir: Path, plan: SweepPlan) -> list[RunSpec]:
-    """Validate every run's config, create the sweep dir, check it was made by the same plan; return all specs."""
+    """Validate every run's config, create the sweep dir, check it was made by the same plan or
+    one this plan grows (:func:`grows_plan`); return all specs."""
     specs = plan.specs()
     for spec in specs:  # validate every config before any work
         plan.config(spec)
@@ -287,8 +305,9 @@ def prepare(sweep_dir: Path, plan: SweepPlan) -> list[RunSpec]:
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         old.pop("report", None)
-        if not same_plan(old, plan.meta()):
-            raise ConfigError(f"{meta_path}: this sweep directory was made with different settings ({old}); use another directory")
+        if not (same_plan(old, plan.meta()) or grows_plan(old, plan.meta())):
+            raise ConfigError(f"{meta_path}: this sweep directory was made with different settings ({old}); use another "
+                              "directory (a plan may only grow: more grid values or seeds, the rest unchanged)")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps({**plan.meta(), "report": plan.report}, indent=2))
     return specs

@@ -14,7 +14,8 @@ from archlab.config import ConfigError, load_config
 from archlab.reproduce import claim_names, load_claim, run_claim
 from archlab.reproduce import analysis as an
 from archlab.reproduce.claim import Comparison
-from archlab.reproduce.index import claims_table
+from archlab.reproduce.claim import REPO
+from archlab.reproduce.index import TABLE_BEGIN, TABLE_END, claims_table, with_table
 from archlab.stats import t_quantile
 from archlab.sweep import SweepPlan, load_results, open_db, save_row
 
@@ -73,6 +74,32 @@ def test_tiny_claim_end_to_end_then_skips_finished_runs(tmp_path, claims_dir):
     row = claims_table(tmp_path / "results", claims_dir=claims_dir).splitlines()[2]
     assert row.startswith(f"| [tiny](../{out}/report.md) | Canon helps. | a paper's setting a paper's number | two 2-step runs per arm |")
     assert f"AB vs none: {e['mean']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}] (n = 2) (4/4 runs)" in row
+
+
+def test_docs_table_is_the_committed_results(monkeypatch):
+    """docs/reproductions.md holds exactly what ``archlab reproduce --table`` makes of the committed summaries."""
+    monkeypatch.chdir(REPO)  # the table reads and links results/reproduce/ relative to the repository root
+    doc = REPO / "docs" / "reproductions.md"
+    table = claims_table()
+    assert with_table(doc.read_text(), table) == doc.read_text(), \
+        "docs/reproductions.md is stale: run `archlab reproduce --table --update docs/reproductions.md`"
+    for name in claim_names():
+        assert f"| [{name}](../results/reproduce/{name}/report.md) |" in table and "not run" not in table
+
+
+def test_table_update_in_a_document(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# Title\n\nintro\n{TABLE_BEGIN}\nold table\n{TABLE_END}\n\nafter\n")
+    result = CliRunner().invoke(app, ["reproduce", "--table", "--update", str(doc)])
+    assert result.exit_code == 0, result.output
+    text = doc.read_text()
+    assert text.startswith(f"# Title\n\nintro\n{TABLE_BEGIN}\n| claim |") and text.endswith(f"|\n{TABLE_END}\n\nafter\n")
+    assert "old table" not in text
+    assert with_table(text, "x") == f"# Title\n\nintro\n{TABLE_BEGIN}\nx\n{TABLE_END}\n\nafter\n"
+    with pytest.raises(ConfigError, match="needs one line"):
+        with_table("no markers here", "x", "doc.md")
+    result = CliRunner().invoke(app, ["reproduce", "--update", str(doc)])
+    assert result.exit_code == 2 and "--update goes with --table" in result.output
 
 
 def test_unknown_claim_and_bad_claim_files(tmp_path, claims_dir):
@@ -138,6 +165,9 @@ def test_best_lr_needs_every_seed_and_stability_rules(tmp_path):
                    baseline={"model.residual": "pre"})
     res = an.compare(c, plan, rows, "optim.lr")
     assert (res.treatment_lr, res.baseline_lr) == (0.01, 0.01)
+    assert (res.treatment_edge, res.baseline_edge) == ("lowest", "lowest")  # the optimum may lie below the grid
+    assert [an.grid_edge(lr, [1e-3, 3e-3, 1e-2]) for lr in (1e-3, 3e-3, 1e-2)] == ["lowest", None, "highest"]
+    assert an.grid_edge(3e-3, [3e-3]) is None  # a single LR has no edge to report
     assert res.effect.diffs == pytest.approx((-0.5, -0.49, -0.48)) and res.verdict == "shown"
     assert res.per_lr[1][1].diffs == pytest.approx((1.5 - 4.3, 1.5 - 4.3))  # common LR 0.1: the 2 paired seeds
     table = an.stability(rows, "optim.lr", tmp_path, 3)

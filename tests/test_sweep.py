@@ -38,6 +38,10 @@ def test_sweep_runs_resumes_and_reports(tmp_path):
     assert run_sweep(sweep_dir, None, FIXED, grid, seeds=2, jobs=2) == []  # everything done: skipped
     with pytest.raises(ConfigError, match="different settings"):
         run_sweep(sweep_dir, None, FIXED, parse_grid(["optim.lr=0.01"]), seeds=2, jobs=1)
+    with pytest.raises(ConfigError, match="different settings"):  # fewer seeds: not a growth
+        run_sweep(sweep_dir, None, FIXED, parse_grid(["optim.lr=0.001,0.003,0.01"]), seeds=1, jobs=1)
+    with pytest.raises(ConfigError, match="different settings"):  # other fixed overrides: not a growth
+        run_sweep(sweep_dir, None, FIXED + ["model.canon=AB"], parse_grid(["optim.lr=0.001,0.003,0.01"]), seeds=2, jobs=1)
 
     results = load_results(sweep_dir)
     assert {r["name"] for r in results} == {s.name for s in expand(grid, 2)}
@@ -49,6 +53,12 @@ def test_sweep_runs_resumes_and_reports(tmp_path):
     vals = [r["val_loss"] for r in results if r["params"]["optim.lr"] == best_lr]
     assert f"| all | {best_lr} | 2 | {statistics.fmean(vals):.4f} ± {statistics.stdev(vals):.4f} |" in report
     assert (sweep_dir / "loss_curves.png").stat().st_size > 1000 and (sweep_dir / "metric_vs_lr.png").is_file()
+
+    # a grown grid (the best LR at the edge: one more LR) runs only the new runs and keeps the finished ones
+    grown = run_sweep(sweep_dir, None, FIXED, parse_grid(["optim.lr=0.0003,0.001,0.003"]), seeds=2, jobs=2)
+    assert sorted(r["name"] for r in grown) == ["lr=0.0003_seed=0", "lr=0.0003_seed=1"]
+    assert {r["name"]: r["val_loss"] for r in load_results(sweep_dir) if r["params"]["optim.lr"] != 0.0003} == \
+        {r["name"]: r["val_loss"] for r in results}
 
 
 def test_failed_run_is_recorded_and_does_not_stop_the_sweep(tmp_path):

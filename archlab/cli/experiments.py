@@ -10,10 +10,11 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from archlab.checkpoint import write_text_atomic
 from archlab.cli.common import console, fail, load_pair, out
 from archlab.config import ConfigError
 from archlab.reproduce import claim_names, load_claim, run_claim
-from archlab.reproduce.index import claims_table
+from archlab.reproduce.index import claims_table, with_table
 from archlab.reproduce.render import VERDICT_TXT
 
 
@@ -133,12 +134,15 @@ def scorecard(
 
 def reproduce(
     claim: Optional[str] = typer.Argument(None, help="claim name: a file configs/reproduce/CLAIM.yaml (see --list)"),
-    budget: str = typer.Option("cpu", help="cpu (sized for <= 60 min on 2 cores) | gpu (larger; the claim file's budgets)"),
+    budget: str = typer.Option("cpu", help="a budget of the claim file: cpu (sized for <= 60 min on 2 cores), gpu (larger) "
+                               "or a follow-up it names (--list shows them)"),
     jobs: int = typer.Option(1, min=1, help="parallel runs (CPU threads are shared fairly)"),
     repro_out: Optional[Path] = typer.Option(None, "--out", help="output directory (default results/reproduce/CLAIM)"),
     no_run: bool = typer.Option(False, "--no-run", help="only write the report from the runs finished so far"),
     list_claims: bool = typer.Option(False, "--list", help="list the claims and their budgets"),
     table: bool = typer.Option(False, "--table", help="print the markdown table of every claim's committed result"),
+    update: Optional[Path] = typer.Option(None, "--update", help="with --table: write it into this markdown file, "
+                                          "between its begin / end markers (docs/reproductions.md)"),
 ) -> None:
     """Reproduce a paper's claim: run its sweeps (resumable: finished runs are skipped) and write report.md with
     the effect, its 95% interval, a paired test over seeds and the verdict (shown / not shown).
@@ -151,11 +155,22 @@ def reproduce(
 
       archlab reproduce keel --no-run          # the report from what has finished
 
-      archlab reproduce --table                # every claim's verdict (docs/reproductions.md)
+      archlab reproduce --table                # every claim's verdict
+
+      archlab reproduce --table --update docs/reproductions.md
     """
     try:
+        if update is not None and not table:
+            raise ConfigError("--update goes with --table")
         if table:
-            out.print(claims_table(budget=budget), markup=False, highlight=False, soft_wrap=True)
+            text = claims_table(budget=budget)
+            if update is None:
+                out.print(text, markup=False, highlight=False, soft_wrap=True)
+            elif not update.is_file():
+                raise ConfigError(f"--update {update}: no such file")
+            else:
+                write_text_atomic(update, with_table(update.read_text(), text, str(update)))
+                out.print(f"table of {text.count(chr(10)) - 1} rows written into {update}", highlight=False)
             return
         if list_claims or claim is None:
             if claim is None and not list_claims:

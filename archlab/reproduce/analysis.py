@@ -70,6 +70,16 @@ class ComparisonResult:
     effect: PairedEffect | None = None
     verdict: str = PENDING
     per_lr: list[tuple[Any, PairedEffect | None]] = field(default_factory=list)
+    treatment_edge: str | None = None  # 'lowest' / 'highest': the best LR sits at that end of the grid
+    baseline_edge: str | None = None
+
+
+def grid_edge(lr: Any, lrs: list[Any]) -> str | None:
+    """'lowest' or 'highest' when ``lr`` is that end of a grid of at least two LRs: the arm's optimum may then lie
+    outside the grid, and its number flatters the other arm."""
+    if lr is None or len(lrs) < 2:
+        return None
+    return "lowest" if lr == min(lrs) else "highest" if lr == max(lrs) else None
 
 
 def _by_seed(rows: list[dict[str, Any]], metric: str) -> dict[int, float]:
@@ -110,6 +120,7 @@ def compare_sides(c: Comparison, t: Side, b: Side, lr_key: str) -> ComparisonRes
             best[name] = _by_seed(rows, c.metric)
             setattr(res, f"{name}_lr", rows[0]["params"].get(lr_key))
             setattr(res, f"{name}_values", list(best[name].values()))
+            setattr(res, f"{name}_edge", grid_edge(getattr(res, f"{name}_lr"), side.plan.grid.get(lr_key, [])))
     for lr in [v for v in t.plan.grid.get(lr_key, []) if v in b.plan.grid.get(lr_key, [])]:
         at = [_by_seed([r for r in s.rows if r["status"] == "done" and arm_of_row(r, lr_key) == s.arm
                         and r["params"].get(lr_key) == lr], c.metric) for s in (t, b)]

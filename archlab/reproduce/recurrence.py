@@ -31,6 +31,7 @@ from archlab.reproduce import analysis as an
 from archlab.reproduce.claim import Claim, Comparison, RecurrenceBudget
 from archlab.reproduce.figures import plot_points
 from archlab.reproduce.render import command_line, effect_dict, fmt_effect, fmt_values, header, log_sitting, rel_path, write_outputs
+from archlab.reproduce.sections import EDGE_NOTE, lr_cell
 from archlab.stats import paired_effect
 from archlab.sweep import DB_FILE, SweepPlan, load_results, prepare, run_plan
 
@@ -218,8 +219,11 @@ def write_report(claim: Claim, budget_name: str, pipe: Pipeline, jobs: int) -> P
               "| healing steps | training FLOPs (mean over seeds) | static steps | healed: lr, mean ± sd | static: lr, mean ± sd | "
               "effect (95% CI) | verdict |", "|---|---|---|---|---|---|---|"]
     for h, r in zip(b.heal_steps, results):
-        lines.append(f"| {h} | {pipe.flops[h]:.3e} | {pipe.matched[h]} | {r.treatment_lr}: {fmt_values(r.treatment_values)} | "
-                     f"{r.baseline_lr}: {fmt_values(r.baseline_values)} | {fmt_effect(r.effect)} | **{r.verdict}**{'' if r.comparison.decides else ' (trend)'} |")
+        lines.append(f"| {h} | {pipe.flops[h]:.3e} | {pipe.matched[h]} | {lr_cell(r.treatment_lr, r.treatment_edge)}: "
+                     f"{fmt_values(r.treatment_values)} | {lr_cell(r.baseline_lr, r.baseline_edge)}: {fmt_values(r.baseline_values)} | "
+                     f"{fmt_effect(r.effect)} | **{r.verdict}**{'' if r.comparison.decides else ' (trend)'} |")
+    if any(r.treatment_edge or r.baseline_edge for r in results):
+        lines += ["", EDGE_NOTE]
     lines += ["", "Effect at each common LR (no selection): " + "; ".join(
         f"{h} steps: " + ", ".join(f"lr {lr:g} {'–' if e is None else f'{e.mean:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]'}" for lr, e in r.per_lr)
         for h, r in zip(b.heal_steps, results)), ""]
@@ -238,7 +242,8 @@ def write_report(claim: Claim, budget_name: str, pipe: Pipeline, jobs: int) -> P
     summary = {"claim": claim.name, "budget": budget_name, "verdict": verdict, "runs_planned": planned, "runs_done": n_done,
                "cpu_s": cpu, "matched_steps": pipe.matched,
                "comparisons": [{"name": r.comparison.name, "heal_steps": h, "decides": r.comparison.decides, "verdict": r.verdict,
-                                "healed_lr": r.treatment_lr, "static_lr": r.baseline_lr, "healed": r.treatment_values,
+                                "healed_lr": r.treatment_lr, "static_lr": r.baseline_lr, "healed_lr_edge": r.treatment_edge,
+                                "static_lr_edge": r.baseline_edge, "healed": r.treatment_values,
                                 "static": r.baseline_values, "effect": effect_dict(r.effect)} for h, r in zip(b.heal_steps, results)]}
     return write_outputs(out, lines, lines[2], summary)
 

@@ -26,6 +26,16 @@ def _table(head: list[str]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
 
+EDGE_NOTE = ("*Lowest / highest of grid*: that arm's best LR is an end of its LR grid, so its optimum may lie outside the "
+             "grid and the effect is measured against (or for) an arm short of its best. Widen the grid in the claim file "
+             "and rerun: a grown sweep keeps its finished runs.")
+
+
+def lr_cell(lr: Any, edge: str | None) -> str:
+    """An arm's best LR, marked when it is an end of the grid (:func:`archlab.reproduce.analysis.grid_edge`)."""
+    return lr_text(lr) + (f", {edge} of grid" if edge else "")
+
+
 def comparisons(results: list[an.ComparisonResult], lr_key: str) -> list[str]:
     lines = ["## Comparisons (each arm at its best LR; treatment − baseline paired by seed)", ""]
     lines += _table(["comparison", "metric", "treatment (best LR): mean ± sd", "baseline (best LR): mean ± sd",
@@ -34,9 +44,11 @@ def comparisons(results: list[an.ComparisonResult], lr_key: str) -> list[str]:
         c = r.comparison
         power = str(r.effect.seeds_80) if r.effect and r.effect.seeds_80 else "–"
         lines.append(f"| {c.name} | {c.metric} {'↑' if c.higher_is_better else '↓'} | {arm_label(r.treatment)} "
-                     f"({lr_key.split('.')[-1]} {lr_text(r.treatment_lr)}): {fmt_values(r.treatment_values)} | "
-                     f"{arm_label(r.baseline)} ({lr_text(r.baseline_lr)}): {fmt_values(r.baseline_values)} | "
+                     f"({lr_key.split('.')[-1]} {lr_cell(r.treatment_lr, r.treatment_edge)}): {fmt_values(r.treatment_values)} | "
+                     f"{arm_label(r.baseline)} ({lr_cell(r.baseline_lr, r.baseline_edge)}): {fmt_values(r.baseline_values)} | "
                      f"{fmt_effect(r.effect)} | {power} | {'yes' if c.decides else 'no'} | **{r.verdict}** |")
+    if any(r.treatment_edge or r.baseline_edge for r in results):
+        lines += ["", EDGE_NOTE]
     lines += ["", "Effect at each common LR (both arms at the same LR, paired by seed; no selection):", ""]
     lines += _table(["comparison", *(f"{lr_key} = {lr_text(lr)}" for lr, _ in results[0].per_lr)])
     for r in results:

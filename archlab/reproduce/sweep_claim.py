@@ -133,5 +133,6 @@ def write_report(claim: Claim, budget_name: str, out: Path, sweep_plans: dict[st
 def _summary(r: an.ComparisonResult) -> dict[str, Any]:
     return {"name": r.comparison.name, "metric": r.comparison.metric, "verdict": r.verdict, "decides": r.comparison.decides,
             "treatment": arm_label(r.treatment), "baseline": arm_label(r.baseline), "treatment_lr": r.treatment_lr,
-            "baseline_lr": r.baseline_lr, "treatment_values": r.treatment_values, "baseline_values": r.baseline_values,
+            "baseline_lr": r.baseline_lr, "treatment_edge": r.treatment_edge, "baseline_edge": r.baseline_edge,
+            "treatment_values": r.treatment_values, "baseline_values": r.baseline_values,
             "effect": effect_dict(r.effect), "per_lr": {str(lr): effect_dict(x) for lr, x in r.per_lr}}
