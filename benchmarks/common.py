@@ -161,11 +161,15 @@ def peak_growth_mib(step: Callable[[], object]) -> float:
     """MiB of peak RSS growth during one call of ``step`` (call it once before, as a warm-up).
 
     glibc's mmap threshold is pinned at 64 KiB so that freed tensors go back to the OS (the figure tracks
-    live tensor memory, not allocator caches); VmHWM is reset through /proc/self/clear_refs. Run it in a
-    fresh process per measurement.
+    live tensor memory, not allocator caches), and the heap's free pages are returned before measuring
+    (malloc_trim): glibc serves even large requests from free heap chunks before it maps new memory, so free
+    pages left resident by earlier work in the process would hide the step's growth. VmHWM is reset through
+    /proc/self/clear_refs. A fresh process per measurement is still the cleanest.
     """
-    ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
     step()
+    libc.malloc_trim(0)
     before, _ = rss_mib()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
