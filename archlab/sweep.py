@@ -84,9 +84,15 @@ class SweepPlan:
 
     def meta(self) -> dict[str, Any]:
         """What identifies the sweep: the recipe (path and content hash), overrides, grid and seeds."""
-        base_sha = hashlib.sha256(self.base.read_bytes()).hexdigest()[:16] if self.base else None
+        base_sha = recipe_hash(self.base) if self.base else None
         return json.loads(json.dumps({"base": str(self.base) if self.base else None, "base_sha": base_sha,
                                       "overrides": self.overrides, "grid": self.grid, "seeds": self.seeds}))
+
+
+def recipe_hash(path: Path) -> str:
+    """Hash of a recipe's parsed YAML, so that editing its comments or layout keeps its sweeps resumable."""
+    tree = yaml.safe_load(path.read_text())
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _comparable(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -7,7 +7,7 @@ import pytest
 
 from archlab.config import ConfigError, load_config
 from archlab.report import build_report
-from archlab.sweep import expand, load_results, parse_grid, run_sweep
+from archlab.sweep import SweepPlan, expand, load_results, parse_grid, run_sweep, same_plan
 from archlab.train import train
 
 FIXED = ["model.d_model=32", "model.n_layers=1", "model.mixer.n_heads=2", "train.seq_len=32", "train.batch_size=4",
@@ -59,6 +59,17 @@ def test_sweep_runs_resumes_and_reports(tmp_path):
     assert sorted(r["name"] for r in grown) == ["lr=0.0003_seed=0", "lr=0.0003_seed=1"]
     assert {r["name"]: r["val_loss"] for r in load_results(sweep_dir) if r["params"]["optim.lr"] != 0.0003} == \
         {r["name"]: r["val_loss"] for r in results}
+
+
+def test_a_recipe_is_identified_by_its_content_not_its_comments(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("# step 1 of the recipe\nseed: 0\noptim:\n  lr: 1.0e-3\n")
+    plan = SweepPlan(recipe, [], {"optim.lr": [1e-3]}, 2)
+    before = plan.meta()
+    recipe.write_text("# stage 1 of the claim, reworded\nseed: 0\noptim: {lr: 0.001}  # same values, other layout\n")
+    assert same_plan(before, plan.meta())
+    recipe.write_text("seed: 0\noptim:\n  lr: 2.0e-3\n")
+    assert not same_plan(before, plan.meta())
 
 
 def test_failed_run_is_recorded_and_does_not_stop_the_sweep(tmp_path):
