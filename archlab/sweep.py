@@ -307,15 +307,15 @@ def prepare(sweep_dir: Path, plan: SweepPlan) -> list[RunSpec]:
     specs = plan.specs()
     for spec in specs:  # validate every config before any work
         plan.config(spec)
-    meta_path = sweep_dir / SWEEP_FILE
+    meta_path, new = sweep_dir / SWEEP_FILE, plan.meta()
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         old.pop("report", None)
-        if not (same_plan(old, plan.meta()) or grows_plan(old, plan.meta())):
+        if not (same_plan(old, new) or grows_plan(old, new)):
             raise ConfigError(f"{meta_path}: this sweep directory was made with different settings ({old}); use another "
                               "directory (a plan may only grow: more grid values or seeds, the rest unchanged)")
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    meta_path.write_text(json.dumps({**plan.meta(), "report": plan.report}, indent=2))
+    meta_path.write_text(json.dumps({**new, "report": plan.report}, indent=2))
     return specs
 
 
